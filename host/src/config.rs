@@ -1,0 +1,215 @@
+//! The one configuration schema, shared by the local JSON file and the
+//! Greengrass component configuration (which arrives as JSON over IPC).
+//!
+//! Every section is a plain struct with `deny_unknown_fields`, so a typo is an
+//! error naming the key rather than a silently ignored setting. Numbers and
+//! booleans are also accepted as strings (`"300"`, `300.0`, `"true"`), because
+//! Greengrass recipes and `{configuration:/...}` interpolation render them so.
+//! Each area owns the type of its own section; this module only assembles
+//! them and adds the keys that belong to no single area.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::collect::CollectConfig;
+use crate::detect::DetectionConfig;
+use crate::plugin::PluginsConfig;
+use crate::publish::PublishConfig;
+use crate::report::ReportConfig;
+
+/// The whole configuration. See docs/CONFIGURATION.md for every key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    /// Thing name; defaults to `AWS_IOT_THING_NAME`, then the host name.
+    pub thing_name: Option<String>,
+    /// Where state that must survive restarts is kept.
+    pub state_dir: PathBuf,
+    /// Log filter (`info`, `debug`, `defender_edge=trace`...); `RUST_LOG` wins.
+    pub log_level: String,
+    pub collect: CollectConfig,
+    pub report: ReportConfig,
+    pub output: OutputConfig,
+    pub plugins: PluginsConfig,
+    pub detection: DetectionConfig,
+    pub publish: PublishConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            thing_name: None,
+            state_dir: PathBuf::from("defender-edge-state"),
+            log_level: "info".to_owned(),
+            collect: CollectConfig::default(),
+            report: ReportConfig::default(),
+            output: OutputConfig::default(),
+            plugins: PluginsConfig::default(),
+            detection: DetectionConfig::default(),
+            publish: PublishConfig::default(),
+        }
+    }
+}
+
+/// Where `run` writes each report as one NDJSON line, besides publishing it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct OutputConfig {
+    /// `"-"` for standard output, a file path to append to, or `null` for none.
+    pub ndjson: Option<String>,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            ndjson: Some("-".to_owned()),
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the file and
+/// the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration in {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+impl Config {
+    /// Loads a configuration file (JSON).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parses configuration JSON; `origin` names where it came from in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Config =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: describe(&e),
+            })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses a configuration given as a JSON value (Greengrass IPC).
+    pub fn from_value(value: serde_json::Value, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message: describe(&e),
+            })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks that go beyond the shape of the document.
+    fn check(&self) -> Result<(), String> {
+        self.report.check()?;
+        Ok(())
+    }
+}
+
+fn describe<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path == "." || path.is_empty() {
+        e.inner().to_string()
+    } else {
+        format!("key `{}`: {}", path, e.inner())
+    }
+}
+
+/// Deserializers that accept numbers and booleans written as strings, the way
+/// Greengrass renders configuration values.
+pub mod lenient {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Float(f64),
+        Bool(bool),
+        Text(String),
+    }
+
+    fn to_u64(raw: Raw) -> Result<u64, String> {
+        match raw {
+            Raw::Int(n) => Ok(n),
+            Raw::Float(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
+            Raw::Float(f) => Err(format!("expected a whole non-negative number, found {f}")),
+            Raw::Bool(b) => Err(format!("expected a whole non-negative number, found {b}")),
+            Raw::Text(s) => {
+                let t = s.trim();
+                t.parse::<u64>()
+                    .ok()
+                    .or_else(|| {
+                        t.parse::<f64>()
+                            .ok()
+                            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+                            .map(|f| f as u64)
+                    })
+                    .ok_or_else(|| format!("expected a whole non-negative number, found \"{s}\""))
+            }
+        }
+    }
+
+    /// A `u64` given as a number or a string.
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// A `usize` given as a number or a string.
+    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let n = to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)?;
+        usize::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
+    }
+
+    /// An `f64` given as a number or a string.
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n as f64),
+            Raw::Float(f) => Ok(f),
+            Raw::Text(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| D::Error::custom(format!("expected a number, found \"{s}\""))),
+            Raw::Bool(b) => Err(D::Error::custom(format!("expected a number, found {b}"))),
+        }
+    }
+
+    /// A `bool` given as a boolean or the strings `"true"`/`"false"`.
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Bool(b) => Ok(b),
+            Raw::Text(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
+            Raw::Text(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
+            Raw::Text(s) => Err(D::Error::custom(format!(
+                "expected true or false, found \"{s}\""
+            ))),
+            Raw::Int(n) => Err(D::Error::custom(format!(
+                "expected true or false, found {n}"
+            ))),
+            Raw::Float(f) => Err(D::Error::custom(format!(
+                "expected true or false, found {f}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The sample: what the collector saw on the device at one instant, as it flows
+//! through the pipeline (collect → plugins → detect → report/publish).
+//!
+//! These are plain values with no behaviour beyond small conveniences. Every
+//! stage takes a `Sample` and gives one back; the Device Defender report and
+//! the SIEM events are both derived from it, so key naming and wire shapes
+//! never leak into this module.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// One observation of the device.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// The AWS IoT thing the sample belongs to.
+    pub thing: String,
+    /// Wall-clock time of collection, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Listening TCP ports, sorted by (port, interface), each pair once.
+    pub listening_tcp_ports: Vec<ListeningPort>,
+    /// Listening (bound, unconnected) UDP ports, sorted and deduplicated like TCP.
+    pub listening_udp_ports: Vec<ListeningPort>,
+    /// Established TCP connections, sorted by (remote address, local port).
+    pub established_connections: Vec<EstablishedConnection>,
+    /// Traffic since the previous sample; `None` when no honest delta exists
+    /// (first sample, counter reset, reboot).
+    pub network_stats: Option<NetworkStats>,
+    /// Custom metrics added by plugins, keyed by metric name.
+    pub custom_metrics: BTreeMap<String, CustomMetricValue>,
+    /// Enrichment added by plugins (owner, site, criticality...); travels with
+    /// SIEM events, never into the Device Defender report.
+    pub annotations: BTreeMap<String, String>,
+    /// Alerts raised while processing this sample (plugins, local detection).
+    pub alerts: Vec<Alert>,
+}
+
+/// A port something listens on, and the interface it is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListeningPort {
+    pub port: u16,
+    /// The interface of the bound address; `None` for a wildcard bind
+    /// (`0.0.0.0`, `::`), which listens on every interface.
+    pub interface: Option<String>,
+}
+
+/// An established TCP connection.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstablishedConnection {
+    /// The peer. IPv4-mapped IPv6 peers are given as IPv4.
+    pub remote_addr: SocketAddr,
+    pub local_port: u16,
+    /// Interface of the local address, when it could be resolved.
+    pub local_interface: Option<String>,
+}
+
+/// Interface traffic since the previous sample, summed over the counted
+/// interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+}
+
+/// The four Device Defender custom metric types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CustomMetricValue {
+    Number(f64),
+    NumberList(Vec<f64>),
+    StringList(Vec<String>),
+    /// Addresses as text: plugins hand them over as strings, and validation
+    /// (not the type) decides whether each is a valid IPv4 or IPv6 address.
+    IpList(Vec<String>),
+}
+
+/// How bad an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// Something a plugin or the local detector wants a human to look at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// Who raised it: a plugin's name, or `detect/<profile>` for local detection.
+    pub source: String,
+    pub name: String,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}

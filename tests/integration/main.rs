@@ -1,0 +1,4 @@
+//! Integration tests: real sockets, real /proc, real peers started by the tests.
+
+#[allow(dead_code)] // Each helper is used by some test modules, not all.
+mod support;
