@@ -5,6 +5,8 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+pub mod outbox;
+
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
