@@ -141,6 +141,10 @@ pub(crate) fn delta(
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::type_complexity,
+    reason = "test tables spell out each case's expected tuple inline"
+)]
 mod tests {
     use super::*;
 

@@ -286,6 +286,10 @@ pub(crate) fn parse_igmp_line(line: &[u8]) -> Result<Option<(u32, &[u8])>, ()> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::type_complexity,
+    reason = "test tables spell out each case's expected tuple inline"
+)]
 mod tests {
     use super::*;
 
