@@ -1,0 +1,438 @@
+//! The wasmtime side: one engine with an epoch ticker, the linker, the
+//! on-disk compile cache, and instances with their limits.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+use super::config::PluginSettings;
+use super::error::{LoadError, LoadStage};
+
+wasmtime::component::bindgen!({
+    world: "plugin",
+    path: "../wit",
+});
+
+pub(crate) use defender::plugin::types as wit;
+
+/// The WIT package the host implements; a plugin must export
+/// `defender:plugin/processor@0.1.x`.
+pub const WIT_PACKAGE: &str = "defender:plugin";
+/// The WIT package version the host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// How often the ticker advances the engine's epoch; deadlines are counted
+/// in these ticks.
+const TICK: Duration = Duration::from_millis(10);
+/// Longest log line kept from a plugin; Redpanda caps at 1 KiB too.
+const MAX_LOG_LINE: usize = 1024;
+/// Log lines a plugin may write in one call before the rest are counted only.
+const MAX_LOG_LINES_PER_CALL: u32 = 100;
+
+/// The shared engine and linker, and the ticker thread that drives epochs.
+pub(crate) struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<State>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new() -> wasmtime::Result<Runtime> {
+        let mut config = Config::new();
+        // Epochs rather than fuel: fuel costs 2-3 times more per instruction.
+        config.epoch_interruption(true);
+        config.max_wasm_stack(512 * 1024);
+        // Plugins are small; a 4 GiB reservation per memory would exhaust the
+        // address space of a 32-bit Pi with a handful of plugins.
+        config.memory_reservation(64 << 20);
+        config.memory_guard_size(2 << 20);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // std guests import WASI; the context below grants nothing unless
+        // the configuration says so.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let ticker_stop = stop.clone();
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !ticker_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(wasmtime::Error::from)?;
+        Ok(Runtime {
+            engine,
+            linker,
+            stop,
+        })
+    }
+
+    /// Compiles `wasm` or loads it from the cache, and links it.
+    pub fn load(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        cache_dir: Option<&Path>,
+    ) -> Result<PluginPre<State>, LoadError> {
+        let fail = |stage, message: String| LoadError {
+            plugin: name.to_owned(),
+            stage,
+            message,
+        };
+        if wasm.get(..4) != Some(b"\0asm") {
+            return Err(fail(
+                LoadStage::Compile,
+                "not a WebAssembly file (bad magic number)".into(),
+            ));
+        }
+        let component = match cache_dir {
+            Some(dir) => self.cached_component(wasm, dir),
+            None => Component::new(&self.engine, wasm),
+        }
+        .map_err(|e| fail(LoadStage::Compile, format!("{e:#}")))?;
+        check_world(&self.engine, &component).map_err(|m| fail(LoadStage::Version, m))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(LoadStage::Link, format!("{e:#}")))?;
+        PluginPre::new(pre).map_err(|e| fail(LoadStage::Link, format!("{e:#}")))
+    }
+
+    /// The cache key: the wasm's sha256, the engine's compatibility hash and
+    /// the host version, so a wasmtime upgrade or different CPU features
+    /// never load a stale artifact.
+    pub fn cache_path(&self, wasm: &[u8], dir: &Path) -> PathBuf {
+        let mut compat = HashToSha(Sha256::new());
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
+        compat.0.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let compat = compat.0.finalize();
+        dir.join(format!(
+            "{}-{}.cwasm",
+            hex(&Sha256::digest(wasm)),
+            hex(&compat[..8])
+        ))
+    }
+
+    fn cached_component(&self, wasm: &[u8], dir: &Path) -> wasmtime::Result<Component> {
+        let path = self.cache_path(wasm, dir);
+        if path.is_file() {
+            // SAFETY: the file lives in the host's own cache directory
+            // (0700, written only by `precompile` below via temp + rename),
+            // never in the plugin directory, so it was produced by this
+            // engine configuration; `detect_precompiled_file` rejects files
+            // of another kind, and the key includes the compatibility hash.
+            let loaded = match Engine::detect_precompiled_file(&path) {
+                Ok(Some(wasmtime::Precompiled::Component)) => unsafe {
+                    Component::deserialize_file(&self.engine, &path)
+                },
+                Ok(_) => Err(wasmtime::Error::msg("not a precompiled component")),
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(c) => return Ok(c),
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "discarding unusable compile cache entry");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let bytes = self.engine.precompile_component(wasm)?;
+        if let Err(error) = write_cache(dir, &path, &bytes) {
+            // The cache only saves time; a read-only disk must not stop plugins.
+            tracing::warn!(path = %path.display(), %error, "cannot write compile cache");
+        }
+        // SAFETY: these bytes were produced a moment ago by this engine.
+        unsafe { Component::deserialize(&self.engine, &bytes) }
+    }
+
+    /// A new store with the plugin's limits and grants.
+    pub fn store(&self, name: &str, settings: &PluginSettings) -> wasmtime::Result<Store<State>> {
+        let mut wasi = WasiCtx::builder();
+        for (guest, host) in &settings.grants.read_dirs {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+                .map_err(|e| {
+                    e.context(format!(
+                        "grants.readDirs {guest:?}: cannot open {}",
+                        host.display()
+                    ))
+                })?;
+        }
+        if !settings.grants.clock {
+            wasi.wall_clock(ZeroClock);
+            wasi.monotonic_clock(ZeroClock);
+        }
+        let state = State {
+            plugin: name.to_owned(),
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory_bytes: settings.limits.memory_bytes(),
+                memory_exceeded: false,
+                peak_bytes: 0,
+            },
+            log_lines: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_hostcall_fuel(settings.limits.hostcall_bytes);
+        Ok(store)
+    }
+}
+
+/// Checks that the component exports the processor interface of a
+/// compatible package version, so the error names the version rather than
+/// a missing export.
+pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), String> {
+    let ty = component.component_type();
+    let prefix = format!("{WIT_PACKAGE}/processor@");
+    let exported: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+    let Some(found) = exported.iter().find(|n| n.starts_with(&prefix)) else {
+        return Err(format!(
+            "does not export {prefix}{WIT_VERSION} (exports: {}); build it with the defender-edge plugin SDK",
+            if exported.is_empty() {
+                "none".to_owned()
+            } else {
+                exported.join(", ")
+            }
+        ));
+    };
+    let version = &found[prefix.len()..];
+    if compatible(version, WIT_VERSION) {
+        Ok(())
+    } else {
+        Err(format!(
+            "was built for {WIT_PACKAGE}@{version}; this host implements {WIT_PACKAGE}@{WIT_VERSION} \
+             (compatible: the same major, or the same 0.minor)"
+        ))
+    }
+}
+
+/// Semver compatibility as cargo defines it: same major, or for 0.x the same
+/// minor; a plugin may not need a newer minor than the host has.
+pub(crate) fn compatible(plugin: &str, host: &str) -> bool {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|p| p.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    match (parse(plugin), parse(host)) {
+        (Some((pm, pn, _)), Some((hm, hn, _))) => {
+            if hm == 0 {
+                pm == 0 && pn == hn
+            } else {
+                pm == hm && pn <= hn
+            }
+        }
+        _ => false,
+    }
+}
+
+fn write_cache(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Creates the cache directory readable by the host's user only: anyone who
+/// can write a `.cwasm` there can run native code in the host.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Feeds `Hash` output into sha256: unlike `DefaultHasher`, stable across
+/// Rust releases, so the cache survives a host rebuild with the same engine.
+struct HashToSha(Sha256);
+
+impl std::hash::Hasher for HashToSha {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// What a plugin's store holds.
+pub(crate) struct State {
+    pub plugin: String,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: Limiter,
+    /// Log lines written during the current call.
+    pub log_lines: u32,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+// The types interface has no functions; it is imported only for its types.
+impl defender::plugin::types::Host for State {}
+
+impl defender::plugin::log::Host for State {
+    fn log(&mut self, level: defender::plugin::log::Level, message: String) {
+        use defender::plugin::log::Level;
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("...");
+        }
+        let plugin = &self.plugin;
+        match level {
+            Level::Trace => tracing::trace!(plugin = %plugin, "{message}"),
+            Level::Debug => tracing::debug!(plugin = %plugin, "{message}"),
+            Level::Info => tracing::info!(plugin = %plugin, "{message}"),
+            Level::Warn => tracing::warn!(plugin = %plugin, "{message}"),
+            Level::Error => tracing::error!(plugin = %plugin, "{message}"),
+        }
+    }
+}
+
+/// The memory cap, remembering whether the plugin hit it so the failure is
+/// reported as out of memory rather than as a bare trap.
+pub(crate) struct Limiter {
+    memory_bytes: usize,
+    pub memory_exceeded: bool,
+    pub peak_bytes: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.memory_exceeded = true;
+            // An error (not `false`) traps at once, instead of handing the
+            // guest allocator a -1 it may ignore.
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB exceeded (wanted {} MiB)",
+                self.memory_bytes >> 20,
+                desired.div_ceil(1 << 20)
+            )));
+        }
+        self.peak_bytes = self.peak_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        100
+    }
+    fn tables(&self) -> usize {
+        100
+    }
+    fn memories(&self) -> usize {
+        100
+    }
+}
+
+/// A clock stuck at zero, for plugins not granted the clock.
+struct ZeroClock;
+
+impl wasmtime_wasi::HostWallClock for ZeroClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for ZeroClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Epoch ticks for a CPU budget, rounded up, plus one because the current
+/// tick may be about to end.
+pub(crate) fn deadline_ticks(budget_ms: u64) -> u64 {
+    budget_ms.div_ceil(TICK.as_millis() as u64).max(1) + 1
+}
+
+/// How a failed call ended, for counters and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    Timeout,
+    OutOfMemory,
+    Trap,
+}
+
+impl FailureKind {
+    pub fn counter(self) -> &'static str {
+        match self {
+            FailureKind::Timeout => "timeouts",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::Trap => "traps",
+        }
+    }
+}
+
+/// Classifies the error of a call that trapped.
+pub(crate) fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> FailureKind {
+    if memory_exceeded {
+        FailureKind::OutOfMemory
+    } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Trap
+    }
+}
