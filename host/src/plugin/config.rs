@@ -79,7 +79,8 @@ pub struct Limits {
     /// CPU budget of `init`.
     #[serde(deserialize_with = "lenient::u64")]
     pub init_timeout_ms: u64,
-    /// Bytes a plugin may hand to the host in one host call (log lines).
+    /// Bytes a plugin may hand to the host in one call: a log line, or the
+    /// output of `process` (wasmtime counts lifted results too).
     #[serde(deserialize_with = "lenient::usize")]
     pub hostcall_bytes: usize,
     /// Longest list in the output: ports, connections, metric values,
@@ -113,7 +114,7 @@ impl Default for Limits {
             memory_mib: 32,
             call_timeout_ms: 100,
             init_timeout_ms: 1000,
-            hostcall_bytes: 1 << 20,
+            hostcall_bytes: 4 << 20,
             max_list_entries: 10_000,
             max_custom_metrics: 100,
             max_alerts: 100,

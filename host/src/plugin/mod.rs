@@ -441,6 +441,10 @@ impl Inner {
                         limits.init_timeout_ms
                     ),
                     FailureKind::OutOfMemory => format!("init ran out of memory: {e:#}"),
+                    FailureKind::OutputTooLarge => format!(
+                        "init handed the host more than hostcallBytes ({} bytes)",
+                        limits.hostcall_bytes
+                    ),
                     FailureKind::Trap => format!("init trapped: {e:#}"),
                 };
                 Err(fail(LoadStage::Init, what))
@@ -518,6 +522,10 @@ impl Inner {
                         limits.call_timeout_ms
                     ),
                     FailureKind::OutOfMemory => format!("ran out of memory: {e:#}"),
+                    FailureKind::OutputTooLarge => format!(
+                        "handed the host more than hostcallBytes ({} bytes)",
+                        limits.hostcall_bytes
+                    ),
                     FailureKind::Trap => format!("trapped: {e:#}"),
                 };
                 self.record_failure(slot, &mut st, kind, &reason);

@@ -413,6 +413,8 @@ pub(crate) fn deadline_ticks(budget_ms: u64) -> u64 {
 pub(crate) enum FailureKind {
     Timeout,
     OutOfMemory,
+    /// More bytes crossed to the host than `hostcallBytes` allows.
+    OutputTooLarge,
     Trap,
 }
 
@@ -421,6 +423,7 @@ impl FailureKind {
         match self {
             FailureKind::Timeout => "timeouts",
             FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::OutputTooLarge => "output_too_large",
             FailureKind::Trap => "traps",
         }
     }
@@ -432,6 +435,14 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> Failur
         FailureKind::OutOfMemory
     } else if matches!(error.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         FailureKind::Timeout
+    } else if error
+        .chain()
+        .any(|e| e.to_string().contains("fuel allocated for hostcalls"))
+    {
+        // wasmtime's error type for this is private; its message is the
+        // only handle. Lifting a result counts against the same fuel, so
+        // this is how an oversized output shows up.
+        FailureKind::OutputTooLarge
     } else {
         FailureKind::Trap
     }

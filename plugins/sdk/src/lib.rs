@@ -152,8 +152,8 @@ macro_rules! export_plugin {
                 {
                     $crate::__private::process::<$plugin>(&STATE, sample)
                 }
-    }
-            $crate::__private::__export_bindings!(Export with_types_in $crate::__private::bindings);
+            }
+    $crate::__private::__export_bindings!(Export with_types_in $crate::__private::bindings);
         };
     };
 }
