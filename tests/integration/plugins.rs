@@ -2,6 +2,9 @@
 //! examples in plugins/examples and the misbehaving fixtures in
 //! tests/fixtures/plugins, each loaded and run through `PluginHost`.
 
+// A failing unwrap is a failing test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -620,4 +623,184 @@ fn malformed_plugin_config_names_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown field `grant`"), "{err}");
+}
+
+mod cli {
+    use super::*;
+    use clap::Parser;
+    use defender_edge::plugin::cli::{PluginCommand, run};
+
+    /// Parses a command line the way `defender-edge plugin ...` would.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: PluginCommand,
+    }
+
+    fn plugin_cmd(
+        args: &[&str],
+        config: &PluginsConfig,
+        cache: &Path,
+    ) -> (anyhow::Result<()>, String) {
+        let cli =
+            Cli::try_parse_from(std::iter::once("plugin").chain(args.iter().copied())).unwrap();
+        let mut out = Vec::new();
+        let result = run(cli.cmd, config, cache, &mut out);
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn check_reports_imports_and_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = PluginsConfig::default();
+        let good = wasm("port-allowlist");
+        let (result, out) = plugin_cmd(&["check", good.to_str().unwrap()], &cfg, tmp.path());
+        result.unwrap();
+        assert!(out.contains("  defender:plugin/log@0.1.0\n"), "{out}");
+        assert!(out.contains("  defender:plugin/processor@0.1.0\n"), "{out}");
+        assert!(
+            out.contains("(WASI: nothing granted unless configured)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ok: a defender:plugin plugin this host (defender:plugin@0.1.0) can load"),
+            "{out}"
+        );
+
+        let future = wasm("fault-future-world");
+        let (result, _) = plugin_cmd(&["check", future.to_str().unwrap()], &cfg, tmp.path());
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(err.contains("was built for defender:plugin@9.0.0"), "{err}");
+
+        let unknown = wasm("fault-unknown-import");
+        let (result, out) = plugin_cmd(&["check", unknown.to_str().unwrap()], &cfg, tmp.path());
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(out.contains("  fixture:unknown-import/secrets\n"), "{out}");
+        assert!(
+            err.contains("imports something this host does not provide"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn test_runs_a_plugin_once_and_compile_fills_the_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sample_path = tmp.path().join("sample.json");
+        std::fs::write(&sample_path, serde_json::to_vec(&sample()).unwrap()).unwrap();
+        let cfg = PluginsConfig::default();
+        let plugin = wasm("port-allowlist");
+        let (result, out) = plugin_cmd(
+            &[
+                "test",
+                plugin.to_str().unwrap(),
+                "--sample",
+                sample_path.to_str().unwrap(),
+                "--config",
+                "tcp=21,22",
+                "--config",
+                "udp=68",
+            ],
+            &cfg,
+            tmp.path(),
+        );
+        result.unwrap();
+        assert!(
+            out.contains("outcome: pass\nalerts:  1\n  [high] port-not-allowed: tcp port 40000"),
+            "{out}"
+        );
+        let json = &out[out.find("sample:\n").unwrap() + 8..];
+        let back: Sample = serde_json::from_str(json).unwrap();
+        assert_eq!(back.alerts.len(), 2);
+
+        let (result, out) = plugin_cmd(
+            &[
+                "test",
+                wasm("fault-panic").to_str().unwrap(),
+                "--sample",
+                sample_path.to_str().unwrap(),
+            ],
+            &cfg,
+            tmp.path(),
+        );
+        result.unwrap();
+        assert!(
+            out.contains("outcome: failed, sample passed on unchanged (fail-open)"),
+            "{out}"
+        );
+
+        let dir = tmp.path().join("plugins");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::copy(&plugin, dir.join("port-allowlist.wasm")).unwrap();
+        let cache = tmp.path().join("cache");
+        let (result, out) = plugin_cmd(&["compile", "--dir", dir.to_str().unwrap()], &cfg, &cache);
+        result.unwrap();
+        assert!(
+            out.starts_with("port-allowlist: ") && out.contains(".cwasm"),
+            "{out}"
+        );
+        assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn new_scaffolds_a_plugin_that_builds_and_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = PluginsConfig::default();
+        let (result, out) = plugin_cmd(
+            &["new", "conn-limit", "--dir", tmp.path().to_str().unwrap()],
+            &cfg,
+            tmp.path(),
+        );
+        result.unwrap();
+        assert!(out.starts_with("created "), "{out}");
+        let (result, _) = plugin_cmd(
+            &["new", "Bad_Name", "--dir", tmp.path().to_str().unwrap()],
+            &cfg,
+            tmp.path(),
+        );
+        assert!(format!("{:#}", result.unwrap_err()).contains("must start with a-z"));
+
+        guests(); // shares the guest target dir, so the SDK is already built
+        let crate_dir = tmp.path().join("conn-limit");
+        let target_dir = guests().parent().unwrap().parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let build = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--target",
+                "wasm32-wasip2",
+                "--release",
+                "--target-dir",
+            ])
+            .arg(target_dir)
+            .current_dir(&crate_dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            build.status.success(),
+            "{}",
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let built = guests().join("conn_limit.wasm");
+        let (result, out) = plugin_cmd(&["check", built.to_str().unwrap()], &cfg, tmp.path());
+        result.unwrap();
+        assert!(out.contains("ok: "), "{out}");
+        let (result, out) = plugin_cmd(
+            &[
+                "test",
+                built.to_str().unwrap(),
+                "--sample",
+                crate_dir.join("sample.json").to_str().unwrap(),
+                "--config",
+                "maxConnections=1",
+            ],
+            &cfg,
+            tmp.path(),
+        );
+        result.unwrap();
+        assert!(
+            out.contains("[medium] too-many-connections: 2 established connections"),
+            "{out}"
+        );
+    }
 }

@@ -335,9 +335,13 @@ fn truncate(s: &str) -> String {
     }
 }
 
+// A failing unwrap is a failing test, with the value in the message.
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    type Change = Box<dyn Fn(&mut wit::Sample)>;
 
     fn sample() -> Sample {
         Sample {
@@ -369,7 +373,7 @@ mod tests {
     fn bad_output_names_the_field() {
         let s = sample();
         let limits = Limits::default();
-        let cases: Vec<(Box<dyn Fn(&mut wit::Sample)>, &str)> = vec![
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|w| w.listening_tcp_ports[0].port = 0),
                 "listening-tcp-ports[0].port: 0 is not a port (1..65535)",

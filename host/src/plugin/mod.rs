@@ -77,7 +77,8 @@ impl std::fmt::Debug for PluginHost {
 struct Inner {
     runtime: Runtime,
     config: PluginsConfig,
-    cache_dir: PathBuf,
+    /// `None` only for one-off runs (`plugin test`), which leave no trace.
+    cache_dir: Option<PathBuf>,
     status: Status,
     /// Sorted by (order, name).
     slots: RwLock<Vec<Arc<Slot>>>,
@@ -142,7 +143,7 @@ impl PluginHost {
         let inner = Arc::new(Inner {
             runtime,
             config: config.clone(),
-            cache_dir: cache_dir.to_owned(),
+            cache_dir: Some(cache_dir.to_owned()),
             status,
             slots: RwLock::new(Vec::new()),
             watcher: Mutex::new(None),
@@ -245,6 +246,30 @@ impl PluginHost {
             .collect()
     }
 
+    /// One plugin from any file, without the compile cache or watcher: for
+    /// `plugin test`. Load failures are returned rather than only logged.
+    pub(crate) fn single(
+        name: &str,
+        path: &Path,
+        settings: PluginSettings,
+        status: Status,
+    ) -> Result<PluginHost, PluginError> {
+        let runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut config = PluginsConfig::default();
+        config.settings.insert(name.to_owned(), settings.clone());
+        let inner = Arc::new(Inner {
+            runtime,
+            config,
+            cache_dir: None,
+            status,
+            slots: RwLock::new(Vec::new()),
+            watcher: Mutex::new(None),
+        });
+        let slot = inner.slot(name, settings);
+        inner.try_load(&slot, path)?;
+        Ok(PluginHost { inner })
+    }
+
     /// Loads (or reloads) `<dir>/<name>.wasm` now, as the watcher would; a
     /// disabled plugin is enabled again. The previous version stays when the
     /// new one fails.
@@ -273,10 +298,10 @@ fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if let Some(name) = plugin_name(&path) {
-            if path.is_file() {
-                files.push((name, path));
-            }
+        if let Some(name) = plugin_name(&path)
+            && path.is_file()
+        {
+            files.push((name, path));
         }
     }
     files.sort();
@@ -337,7 +362,7 @@ impl Inner {
                 message: format!("cannot read {}: {e}", path.display()),
             })?;
             let started = Instant::now();
-            let pre = self.runtime.load(name, &wasm, Some(&self.cache_dir))?;
+            let pre = self.runtime.load(name, &wasm, self.cache_dir.as_deref())?;
             let compiled = started.elapsed();
             let live = self.instantiate(slot, &pre)?;
             Ok((

@@ -96,12 +96,7 @@ impl Runtime {
             stage,
             message,
         };
-        if wasm.get(..4) != Some(b"\0asm") {
-            return Err(fail(
-                LoadStage::Compile,
-                "not a WebAssembly file (bad magic number)".into(),
-            ));
-        }
+        check_header(wasm).map_err(|m| fail(LoadStage::Compile, m))?;
         let component = match cache_dir {
             Some(dir) => self.cached_component(wasm, dir),
             None => Component::new(&self.engine, wasm),
@@ -194,6 +189,38 @@ impl Runtime {
         store.set_hostcall_fuel(settings.limits.hostcall_bytes);
         Ok(store)
     }
+}
+
+/// Recognises files that are not components before wasmtime gives a less
+/// helpful message.
+pub(crate) fn check_header(wasm: &[u8]) -> Result<(), String> {
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(
+            "is a core WebAssembly module, not a component: build it with --target wasm32-wasip2"
+                .into(),
+        ),
+        Some([0, b'a', b's', b'm', ..]) => Ok(()),
+        _ => Err("not a WebAssembly file (bad magic number)".into()),
+    }
+}
+
+/// What a component imports and exports, by name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Inspection {
+    pub imports: Vec<String>,
+    pub exports: Vec<String>,
+}
+
+/// Compiles `wasm` (no cache) and lists its imports and exports.
+pub(crate) fn inspect(engine: &Engine, wasm: &[u8]) -> Result<(Component, Inspection), String> {
+    check_header(wasm)?;
+    let component = Component::new(engine, wasm).map_err(|e| format!("{e:#}"))?;
+    let ty = component.component_type();
+    let inspection = Inspection {
+        imports: ty.imports(engine).map(|(n, _)| n.to_owned()).collect(),
+        exports: ty.exports(engine).map(|(n, _)| n.to_owned()).collect(),
+    };
+    Ok((component, inspection))
 }
 
 /// Checks that the component exports the processor interface of a
