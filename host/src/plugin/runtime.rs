@@ -160,6 +160,11 @@ impl Runtime {
     /// A new store with the plugin's limits and grants.
     pub fn store(&self, name: &str, settings: &PluginSettings) -> wasmtime::Result<Store<State>> {
         let mut wasi = WasiCtx::builder();
+        // Denied by default in wasmtime-wasi 48 already; said again here so
+        // the invariant does not hang on a library default.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         for (guest, host) in &settings.grants.read_dirs {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
                 .map_err(|e| {
@@ -472,5 +477,45 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> Failur
         FailureKind::OutputTooLarge
     } else {
         FailureKind::Trap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_compatibility_follows_cargo_semver() {
+        for (plugin, host, ok) in [
+            ("0.1.0", "0.1.0", true),
+            ("0.1.0", "0.1.3", true),
+            ("0.1.5", "0.1.3", true),
+            ("0.2.0", "0.1.0", false),
+            ("1.0.0", "0.1.0", false),
+            ("9.0.0", "0.1.0", false),
+            ("1.1.0", "1.2.0", true),
+            ("1.3.0", "1.2.0", false),
+            ("2.0.0", "1.2.0", false),
+            ("x", "0.1.0", false),
+        ] {
+            assert_eq!(compatible(plugin, host), ok, "{plugin} on {host}");
+        }
+    }
+
+    #[test]
+    fn deadlines_round_up_to_ticks() {
+        assert_eq!(deadline_ticks(100), 11);
+        assert_eq!(deadline_ticks(1), 2);
+        assert_eq!(deadline_ticks(0), 2);
+    }
+
+    #[test]
+    fn headers_are_recognised() {
+        assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+        assert_eq!(
+            check_header(b"\0asm\x01\0\0\0").expect_err("a core module"),
+            "is a core WebAssembly module, not a component: build it with --target wasm32-wasip2"
+        );
+        assert!(check_header(b"ELF").is_err());
     }
 }
