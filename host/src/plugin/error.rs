@@ -58,7 +58,10 @@ impl std::fmt::Display for LoadStage {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("plugin {plugin}: {stage} failed: {message}")]
 pub struct LoadError {
+    /// The plugin's name.
     pub plugin: String,
+    /// Where it failed.
     pub stage: LoadStage,
+    /// What happened, naming the file, key or import involved.
     pub message: String,
 }

@@ -55,9 +55,17 @@ pub enum Processed {
     /// Report this sample (possibly changed, with plugins' alerts appended).
     Pass(Sample),
     /// A fail-closed plugin failed or is unavailable: hold the report back.
-    Held { plugin: String, reason: String },
+    Held {
+        /// The plugin that failed.
+        plugin: String,
+        /// What went wrong, e.g. `ran longer than callTimeoutMs (100 ms)`.
+        reason: String,
+    },
     /// A plugin asked for no report for this sample.
-    Dropped { plugin: String },
+    Dropped {
+        /// The plugin that dropped it.
+        plugin: String,
+    },
 }
 
 /// The loaded plugins. Cheap to clone and share between threads.

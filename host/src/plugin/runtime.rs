@@ -276,11 +276,35 @@ pub(crate) fn compatible(plugin: &str, host: &str) -> bool {
     }
 }
 
+/// Entries kept in the compile cache; older ones (by modification time) are
+/// removed when a new one is written, so development reloads do not fill
+/// the disk. Far more than the plugins one device runs.
+const CACHE_ENTRIES: usize = 32;
+
 fn write_cache(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     create_private_dir(dir)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    evict(dir, CACHE_ENTRIES)
+}
+
+/// Removes the oldest `.cwasm` files beyond `keep`.
+fn evict(dir: &Path, keep: usize) -> std::io::Result<()> {
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    if entries.len() <= keep {
+        return Ok(());
+    }
+    entries.sort();
+    for (_, path) in &entries[..entries.len() - keep] {
+        std::fs::remove_file(path)?;
+    }
+    Ok(())
 }
 
 /// Creates the cache directory readable by the host's user only: anyone who
@@ -500,6 +524,26 @@ mod tests {
         ] {
             assert_eq!(compatible(plugin, host), ok, "{plugin} on {host}");
         }
+    }
+
+    #[test]
+    fn cache_keeps_the_newest_entries() {
+        let dir = std::env::temp_dir().join(format!("plugin-evict-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("{i}.cwasm")), b"x").expect("write");
+            // Distinct modification times even on coarse file systems.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("other.txt"), b"x").expect("write");
+        evict(&dir, 2).expect("evict");
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .expect("read")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(left, ["3.cwasm", "4.cwasm", "other.txt"]);
     }
 
     #[test]
