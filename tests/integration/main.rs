@@ -1,6 +1,7 @@
 //! Integration tests: real sockets, real /proc, real peers started by the tests.
 
 mod collect;
+mod plugins;
 mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
