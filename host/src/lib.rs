@@ -9,9 +9,12 @@
 pub mod collect;
 pub mod config;
 pub mod detect;
+pub mod output;
+pub mod pipeline;
 pub mod plugin;
 pub mod publish;
 pub mod report;
 pub mod sample;
+pub mod signals;
 pub mod state;
 pub mod status;

@@ -137,3 +137,113 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Persist the rename itself.
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Renders a snapshot as a table a person reads at a glance: one block per
+/// area, names aligned, the age of the snapshot on top.
+pub fn render_table(snapshot: &Snapshot, now_ms: u64) -> String {
+    let age_s = now_ms.saturating_sub(snapshot.updated_ms) / 1000;
+    let mut out = format!(
+        "defender-edge status (pid {}, updated {} UTC, {} ago)\n",
+        snapshot.pid,
+        format_utc(snapshot.updated_ms),
+        format_age(age_s)
+    );
+    let width = snapshot
+        .values
+        .keys()
+        .map(|k| k.split_once('.').map_or(k.len(), |(_, rest)| rest.len()))
+        .max()
+        .unwrap_or(0);
+    let mut area = "";
+    for (name, value) in &snapshot.values {
+        let (this_area, rest) = name.split_once('.').unwrap_or(("", name.as_str()));
+        if this_area != area {
+            area = this_area;
+            out.push_str(&format!(
+                "\n{}\n",
+                if area.is_empty() { "general" } else { area }
+            ));
+        }
+        let value = match value {
+            Value::Number(n) => n.to_string(),
+            Value::Text(t) => t.clone(),
+        };
+        out.push_str(&format!("  {rest:<width$}  {value}\n"));
+    }
+    out
+}
+
+fn format_age(seconds: u64) -> String {
+    match seconds {
+        0..=119 => format!("{seconds} s"),
+        120..=7199 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for milliseconds since the epoch (proleptic
+/// Gregorian calendar, Howard Hinnant's days-to-civil algorithm).
+pub fn format_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(1_767_225_600_000), "2026-01-01 00:00:00");
+        assert_eq!(
+            format_utc(951_782_400_000 + 3_723_000),
+            "2000-02-29 01:02:03"
+        );
+    }
+
+    #[test]
+    fn table_groups_by_area() {
+        let status = Status::new();
+        status.add("collect.samples", 2);
+        status.add("collect.samples", 1);
+        status.set_text("plugin.port-allowlist.state", "running");
+        status.set("outbox.depth", 0);
+        let table = render_table(&status.snapshot(1_767_225_600_000), 1_767_225_630_000);
+        let expected = format!(
+            "defender-edge status (pid {}, updated 2026-01-01 00:00:00 UTC, 30 s ago)\n\n\
+             collect\n  samples                   3\n\n\
+             outbox\n  depth                     0\n\n\
+             plugin\n  port-allowlist.state      running\n",
+            std::process::id()
+        );
+        assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn atomic_write_and_read_back() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let status = Status::new();
+        status.add("report.sent", 7);
+        status.write(dir.path(), 5).expect("write");
+        let back = read(dir.path()).expect("read");
+        assert_eq!(back.values.get("report.sent"), Some(&Value::Number(7)));
+        assert_eq!(back.updated_ms, 5);
+    }
+}
