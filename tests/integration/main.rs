@@ -2,3 +2,5 @@
 
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
+
+mod ipc;

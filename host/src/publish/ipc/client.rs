@@ -1,6 +1,7 @@
 //! The public client: a cheap handle over shared state, a supervisor task that
 //! keeps one connection alive, and the typed operations.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,11 +43,17 @@ impl IpcEndpoint {
     /// out a relative path when the absolute one is too long for a socket
     /// address.
     pub fn from_env() -> Option<IpcEndpoint> {
-        let socket_path = std::env::var_os(SOCKET_ENV)?;
-        let svcuid = std::env::var(SVCUID_ENV).ok()?;
-        if socket_path.is_empty() || svcuid.is_empty() {
-            return None;
-        }
+        IpcEndpoint::from_lookup(|name| std::env::var_os(name))
+    }
+
+    /// [`IpcEndpoint::from_env`] over any variable lookup, so it can be
+    /// tested without touching the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Option<IpcEndpoint> {
+        let socket_path = lookup(SOCKET_ENV).filter(|p| !p.is_empty())?;
+        let svcuid = lookup(SVCUID_ENV)?
+            .into_string()
+            .ok()
+            .filter(|s| !s.is_empty())?;
         Some(IpcEndpoint {
             socket_path: PathBuf::from(socket_path),
             svcuid,
@@ -437,10 +444,10 @@ async fn live_connection(
     current: &mut watch::Receiver<Option<Arc<Connection>>>,
 ) -> Option<Arc<Connection>> {
     loop {
-        if let Some(conn) = current.borrow_and_update().as_ref() {
-            if !conn.is_dead() {
-                return Some(conn.clone());
-            }
+        if let Some(conn) = current.borrow_and_update().as_ref()
+            && !conn.is_dead()
+        {
+            return Some(conn.clone());
         }
         current.changed().await.ok()?;
     }
@@ -625,5 +632,53 @@ impl Transport for IpcClient {
         self.subscribe_to_iot_core(filter)
             .await
             .map_err(IpcError::into_transport)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_needs_both_variables() {
+        fn vars(
+            socket: Option<&'static str>,
+            token: Option<&'static str>,
+        ) -> impl Fn(&str) -> Option<OsString> {
+            move |name: &str| match name {
+                SOCKET_ENV => socket.map(OsString::from),
+                SVCUID_ENV => token.map(OsString::from),
+                _ => None,
+            }
+        }
+        let endpoint = IpcEndpoint::from_lookup(vars(Some("../../ipc.socket"), Some("TOKEN")))
+            .expect("both set");
+        // Kept exactly as given: relative paths are legitimate.
+        assert_eq!(endpoint.socket_path, PathBuf::from("../../ipc.socket"));
+        assert_eq!(endpoint.svcuid, "TOKEN");
+        assert!(
+            !format!("{endpoint:?}").contains("TOKEN"),
+            "token kept out of logs"
+        );
+        assert!(IpcEndpoint::from_lookup(vars(Some("/s"), None)).is_none());
+        assert!(IpcEndpoint::from_lookup(vars(None, Some("T"))).is_none());
+        assert!(IpcEndpoint::from_lookup(vars(Some(""), Some("T"))).is_none());
+        assert!(IpcEndpoint::from_lookup(vars(Some("/s"), Some(""))).is_none());
+    }
+
+    #[test]
+    fn backoff_grows_to_the_ceiling() {
+        let max = Duration::from_secs(30);
+        let mut d = Duration::from_millis(100);
+        for _ in 0..20 {
+            let next = next_backoff(d, max);
+            assert!(next <= max);
+            assert!(
+                next >= d.mul_f64(1.5).min(max.mul_f64(0.75)),
+                "{d:?} -> {next:?}"
+            );
+            d = next;
+        }
+        assert!(d >= max.mul_f64(0.75));
     }
 }

@@ -389,11 +389,9 @@ impl Reader {
                     _ => None,
                 };
                 let delivered = reply.send(frame).is_ok();
-                if !delivered {
-                    if let Some(sub) = &subscribed {
-                        sub.established_on.store(0, Ordering::SeqCst);
-                        lock(&self.streams).remove(&stream_id);
-                    }
+                if !delivered && let Some(sub) = &subscribed {
+                    sub.established_on.store(0, Ordering::SeqCst);
+                    lock(&self.streams).remove(&stream_id);
                 }
                 // A unary answer on nucleus lite leaves the stream open, as does
                 // an abandoned request: close it. Never close one the server

@@ -444,7 +444,7 @@ mod tests {
 
     /// (name, frame, total length, headers length, prelude CRC, message CRC,
     /// full hex when greengrass.md §5 gives it).
-    fn vectors() -> Vec<(
+    type Vector = (
         &'static str,
         Frame,
         usize,
@@ -452,7 +452,9 @@ mod tests {
         u32,
         u32,
         Option<&'static str>,
-    )> {
+    );
+
+    fn vectors() -> Vec<Vector> {
         let mut connect = rpc_headers(4, 0, 0);
         connect.push(Header::string(":version", "0.1.0"));
         let mut publish = rpc_headers(0, 0, 1);
@@ -569,7 +571,8 @@ mod tests {
             b[at] ^= 0x01;
             b
         };
-        let cases: Vec<(&str, Vec<u8>, usize, fn(&FrameError) -> bool)> = vec![
+        type Case = (&'static str, Vec<u8>, usize, fn(&FrameError) -> bool);
+        let cases: Vec<Case> = vec![
             ("length bit", corrupt(3), NO_LIMIT, |e| {
                 matches!(e, FrameError::PreludeCrc { .. })
             }),
