@@ -6,6 +6,7 @@
 //! outbox sit above them and know nothing of sockets.
 
 pub mod ipc;
+pub mod outbox;
 
 use std::future::Future;
 
