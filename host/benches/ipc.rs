@@ -157,7 +157,10 @@ fn codec(c: &mut Criterion) {
         Header::int32(":message-flags", 0),
         Header::int32(":stream-id", 7),
         Header::string("operation", "aws.greengrass#PublishToIoTCore"),
-        Header::string("service-model-type", "aws.greengrass#PublishToIoTCoreRequest"),
+        Header::string(
+            "service-model-type",
+            "aws.greengrass#PublishToIoTCoreRequest",
+        ),
     ];
     headers.push(Header::string(":content-type", "application/json"));
     let frame = Frame {

@@ -716,6 +716,7 @@ async fn broken_peer_bytes_cause_a_reconnect() {
         .client(IpcOptions {
             status: Some(status.clone()),
             max_incoming_frame_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(2),
             ..fast_options()
         })
         .await;
@@ -743,6 +744,25 @@ async fn broken_peer_bytes_cause_a_reconnect() {
         assert_eq!(recv(&mut rx).await.payload, kind.as_bytes());
     }
     assert_eq!(status.number("ipc.connection_losses"), 3);
+
+    // While the nucleus keeps refusing, callers get an error that says why
+    // and names the socket.
+    nucleus.control(json!({"cmd": "reject_connects", "count": 1000}));
+    nucleus.control(json!({"cmd": "inject", "kind": "bad_crc"}));
+    let err = client
+        .publish_to_iot_core("t", b"x", Qos::AtLeastOnce)
+        .await
+        .expect_err("no connection can be made");
+    let text = err.to_string();
+    assert!(matches!(err, IpcError::Timeout { .. }), "{err:?}");
+    assert!(
+        text.contains(&nucleus.socket.display().to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains("CRC mismatch") || text.contains("rejected the connection"),
+        "{text}"
+    );
     nucleus.assert_no_violations();
 }
 
@@ -842,6 +862,39 @@ async fn slow_answers_time_out_without_upsetting_the_connection() {
                 })
                 .await;
         }
+        assert_eq!(nucleus.events("connect").len(), 1);
+        nucleus.assert_no_violations();
+    }
+}
+
+/// A subscription the nucleus ends is requested again on the same
+/// connection and keeps feeding the same receiver.
+#[tokio::test]
+async fn subscription_ended_by_the_nucleus_is_restored() {
+    for lite in [false, true] {
+        let nucleus = TestNucleus::start(lite);
+        let client = nucleus.client(fast_options()).await;
+        let mut config = client
+            .subscribe_to_configuration_update(&[])
+            .await
+            .expect("watch");
+        assert_eq!(
+            nucleus.control(json!({"cmd": "end_subscriptions"}))["ended"],
+            1
+        );
+        nucleus
+            .wait_for("a second subscription answered", |r| {
+                r.iter()
+                    .filter(|e| {
+                        e["event"] == "response"
+                            && e["operation"] == "SubscribeToConfigurationUpdate"
+                    })
+                    .count()
+                    == 2
+            })
+            .await;
+        nucleus.control(json!({"cmd": "config_update", "key_path": ["a"], "value": 1}));
+        assert_eq!(recv(&mut config).await, vec!["a"]);
         assert_eq!(nucleus.events("connect").len(), 1);
         nucleus.assert_no_violations();
     }

@@ -328,6 +328,13 @@ class Nucleus:
                 else:
                     conn.write(bad_bytes(cmd["kind"], cmd.get("bytes", 300_000)))
             return {"connections": len(conns)}
+        if c == "end_subscriptions":
+            n = 0
+            for conn in list(self.connections.values()):
+                for sid in list(conn.subscriptions):
+                    conn.end_stream(sid)
+                    n += 1
+            return {"ended": n}
         if c == "status":
             return {
                 "connections": len(self.connections),
@@ -620,6 +627,14 @@ class Conn:
                 body.encode(),
             )
         )
+
+    def end_stream(self, sid):
+        """Ends a stream from the server side, as a nucleus does when it drops a subscription."""
+        self.write(encode_frame([(MESSAGE_TYPE, APPLICATION_MESSAGE), (MESSAGE_FLAGS, TERMINATE_STREAM), (STREAM_ID, sid)]))
+        self.subscriptions.pop(sid, None)
+        self.open_streams.pop(sid, None)
+        self.ended_streams.add(sid)
+        self.n.record("server_end", conn=self.id, stream=sid)
 
     def auto_reply(self, publish):
         """Answers a Device Defender report the way the cloud would, on

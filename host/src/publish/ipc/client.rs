@@ -102,9 +102,15 @@ struct Shared {
     subscriptions: Mutex<Vec<Arc<Subscription>>>,
     resubscribe: mpsc::UnboundedSender<Arc<Subscription>>,
     generation: AtomicU64,
+    /// Why the connection was last lost or could not be re-established.
+    last_problem: Mutex<Option<String>>,
 }
 
 impl Shared {
+    fn set_problem(&self, problem: String) {
+        *self.last_problem.lock().unwrap_or_else(|p| p.into_inner()) = Some(problem);
+    }
+
     fn count(&self, name: &str) {
         if let Some(status) = &self.options.status {
             status.add(name, 1);
@@ -167,6 +173,7 @@ impl IpcClient {
             subscriptions: Mutex::default(),
             resubscribe,
             generation: AtomicU64::new(0),
+            last_problem: Mutex::default(),
             options,
         });
         let mut delay = shared.options.backoff_initial;
@@ -370,7 +377,16 @@ impl IpcClient {
                         reason: "the client is shutting down".to_owned(),
                     });
                 }
-                Err(_) => return Err(self.timeout(op, started, last)),
+                Err(_) => {
+                    // Say why there is no connection: the supervisor's last
+                    // failure names the broken frame or refused connect.
+                    let why = shared
+                        .last_problem
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    return Err(self.timeout(op, started, why.unwrap_or(last)));
+                }
             };
             let answer = match conn.open(op, body.clone(), then.clone()) {
                 Some(rx) => match tokio::time::timeout_at(deadline, rx).await {
@@ -505,6 +521,7 @@ async fn supervise(
                 }
                 reason = conn.died() => {
                     warn!(%socket, generation = conn.generation, %reason, "lost the connection to the Greengrass nucleus; reconnecting");
+                    shared.set_problem(format!("connection lost: {reason}"));
                     break;
                 }
                 Some(sub) = resubscribe.recv() => {
@@ -540,6 +557,7 @@ async fn supervise(
                 }
                 Err(error) => {
                     shared.count("ipc.connect_failures");
+                    shared.set_problem(error.to_string());
                     warn!(%socket, %error, retry_in_ms = delay.as_millis() as u64, "cannot reconnect to the Greengrass nucleus");
                 }
             }

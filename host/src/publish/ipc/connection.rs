@@ -72,6 +72,10 @@ enum Slot {
 
 type Streams = Arc<Mutex<HashMap<i32, Slot>>>;
 
+/// How long to wait before subscribing again when the nucleus ended a
+/// subscription stream.
+const RESUBSCRIBE_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An established, accepted connection. Dropping it closes the socket.
 pub(super) struct Connection {
     /// Counts connections of one client (1, 2, ...), for logs and for
@@ -424,7 +428,13 @@ impl Reader {
                 } else if ended_by_server {
                     warn!(socket = %self.socket.display(), operation = sub.op.name, stream_id, "the nucleus ended a subscription; subscribing again");
                     sub.established_on.store(0, Ordering::SeqCst);
-                    let _ = self.resubscribe.send(sub);
+                    // A pause, so a nucleus that keeps ending the subscription
+                    // is not answered with a tight loop of requests.
+                    let again = self.resubscribe.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(RESUBSCRIBE_PAUSE).await;
+                        let _ = again.send(sub);
+                    });
                 }
             }
         }
