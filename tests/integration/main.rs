@@ -6,3 +6,5 @@ mod plugins;
 mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
+
+mod ipc;

@@ -5,6 +5,7 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+pub mod ipc;
 pub mod outbox;
 
 use std::future::Future;
@@ -54,4 +55,7 @@ pub trait Transport: Send + Sync {
 /// The `publish` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct PublishConfig {}
+pub struct PublishConfig {
+    /// Greengrass IPC client settings.
+    pub ipc: ipc::IpcConfig,
+}
