@@ -1,4 +1,5 @@
 //! Integration tests: real sockets, real /proc, real peers started by the tests.
 
+mod delivery;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
