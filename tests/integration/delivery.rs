@@ -729,6 +729,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
         );
     }
     let superseded = device.superseded();
+    eprintln!("received {received:?}, superseded {superseded:?}");
     let mut all: Vec<u64> = received.iter().chain(superseded.iter()).copied().collect();
     all.sort();
     all.dedup();
@@ -956,6 +957,41 @@ async fn large_payloads_pass_and_publish_waits_for_puback() {
         "no PUBACK, no success: {frozen:?}"
     );
     transport.shutdown().await;
+}
+
+/// A report the transport refuses for good (over the 128 KB packet limit) is
+/// handed to the hook and counted, not retried in front of newer reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_report_is_handed_on_not_retried() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-refused";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    device
+        .handle
+        .submit(1, vec![b' '; 200 * 1024])
+        .await
+        .expect("submit");
+    device.wait_counter("defender.refused", 1).await;
+    assert_eq!(device.superseded(), vec![1]);
+    device
+        .handle
+        .submit(2, report(thing, 2))
+        .await
+        .expect("submit");
+    let (_, payload, _) = observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), 2);
+    assert!(!log_lines(&["WARN", "report refused by the transport", "report_id=1"]).is_empty());
+    device.stop().await;
 }
 
 // ------------------------------------------------------- crash of a process

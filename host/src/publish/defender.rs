@@ -270,6 +270,7 @@ impl DefenderPublisher {
             awaiting_reply: BTreeMap::new(),
             flushes: Vec::new(),
             backoff_until: None,
+            failures: 0,
         };
         let task = tokio::spawn(async move {
             driver.run(receiver, events).await;
@@ -387,6 +388,8 @@ struct Driver<T: Transport> {
     flushes: Vec<(Instant, oneshot::Sender<FlushOutcome>)>,
     /// After a failed attempt, not before this (on top of the floor).
     backoff_until: Option<Instant>,
+    /// Failed attempts in a row, for the backoff.
+    failures: u32,
 }
 
 struct InFlight {
@@ -602,6 +605,7 @@ impl<T: Transport + 'static> Driver<T> {
                     warn!(%error, report_id, "report acknowledged but not removed from the outbox; it may be sent again");
                 }
                 self.backoff_until = None;
+                self.failures = 0;
                 self.status.add("defender.sent", 1);
                 self.awaiting_reply.insert(
                     report_id,
@@ -609,17 +613,46 @@ impl<T: Transport + 'static> Driver<T> {
                 );
                 info!(report_id, topic = %self.topics.publish, "report published");
             }
+            Err(TransportError::Refused { peer, reason }) => {
+                // The peer said no for good (e.g. the payload is too large):
+                // retrying would block every newer report behind this one.
+                // Hand it on like a superseded report, counted apart.
+                self.status.add("defender.refused", 1);
+                self.status
+                    .set_text("defender.last_error", format!("{peer} refused: {reason}"));
+                warn!(%peer, %reason, report_id, "report refused by the transport; handed to the superseded hook, not retried");
+                let hook = self.options.on_superseded.clone();
+                let removed = self
+                    .with_outbox(move |o| {
+                        let (report_id, payload) = split_entry(o.read(entry)?);
+                        if let Some(hook) = hook {
+                            hook(SupersededReport { report_id, payload });
+                        }
+                        o.remove(entry)
+                    })
+                    .await;
+                if let Err(error) = removed {
+                    warn!(%error, report_id, "refused report could not be removed from the outbox");
+                }
+            }
             Err(error) => {
                 self.status.add("defender.publish_failures", 1);
                 self.status
                     .set_text("defender.last_error", error.to_string());
-                // The floor already keeps the retry at least min_interval
-                // away; a short extra backoff only matters when it is low.
-                self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+                // The floor already spaces attempts by min_interval; this
+                // backoff matters when the floor is low (tests, local brokers).
+                self.failures = self.failures.saturating_add(1);
+                let delay = Duration::from_secs(1 << (self.failures - 1).min(6))
+                    .min(Duration::from_secs(60));
+                self.backoff_until = Some(Instant::now() + delay);
                 warn!(
                     %error,
                     report_id,
-                    retry_in_s = self.next_allowed.saturating_duration_since(Instant::now()).as_secs(),
+                    retry_in_s = self
+                        .next_allowed
+                        .max(Instant::now() + delay)
+                        .saturating_duration_since(Instant::now())
+                        .as_secs(),
                     "report not acknowledged; it stays in the outbox"
                 );
             }
