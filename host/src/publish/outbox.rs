@@ -591,7 +591,7 @@ impl Outbox {
     /// skips a corrupt record in the middle, and queues the waiting entries.
     fn recover_segment(&mut self, first: u64, path: PathBuf) -> Result<(), OutboxError> {
         let ack_path = path.with_extension(ACK_EXT);
-        let mut file = open_append(&path)?;
+        let file = open_append(&path)?;
         let mut ack = open_append(&ack_path)?;
         let gone = self.recover_acks(&mut ack, &ack_path)?;
 
