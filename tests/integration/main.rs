@@ -1,5 +1,8 @@
 //! Integration tests: real sockets, real /proc, real peers started by the tests.
 
+mod collect;
 mod delivery;
+mod plugins;
+mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;

@@ -1,8 +1,737 @@
 //! The WebAssembly plugin runtime. The only module that knows wasmtime exists.
+//!
+//! Plugins are WebAssembly components targeting the `defender:plugin` world
+//! in `wit/`. Each gets its own store (own memory, limits, WASI context that
+//! grants nothing unless configured) and runs on every sample in the
+//! configured order; see docs/PLUGINS.md for the partner's view.
+//!
+//! Design choices:
+//! - **State persists between calls**: one warm instance per plugin, so a
+//!   plugin may keep counters or previous values. The instance is dropped and
+//!   re-created (and `init` runs again) after any trap, timeout or
+//!   out-of-memory, and on reload; a store is never reused after a trap.
+//! - **Faults are contained**: a failing plugin costs its own output, never
+//!   the report: fail-open passes the sample from before the plugin on,
+//!   fail-closed holds the report back. Restarts back off (1 s doubling to
+//!   30 s); too many failures in a window disable the plugin until reloaded.
+//! - **Calls are synchronous** and bounded by the CPU deadline (epochs), so
+//!   [`PluginHost::process`] may block for the sum of the plugins' budgets;
+//!   async callers use [`PluginHost::process_async`].
+//! - **Compiled code is cached** under the host's own cache directory, keyed
+//!   by the wasm's sha256 and the engine's compatibility hash.
 
-use serde::{Deserialize, Serialize};
+pub mod cli;
+mod config;
+mod convert;
+mod error;
+mod runtime;
 
-/// The `plugins` section of the configuration.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct PluginsConfig {}
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tracing::{error, info, warn};
+
+pub use config::{FailurePolicy, Grants, Limits, PluginSettings, PluginsConfig};
+pub use convert::OutputError;
+pub use error::{LoadError, LoadStage, PluginError};
+pub use runtime::{WIT_PACKAGE, WIT_VERSION};
+
+use crate::sample::Sample;
+use crate::status::Status;
+use runtime::{FailureKind, Plugin, PluginPre, Runtime, State};
+
+/// A backoff is reset to its base after this long without failures.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Debounce of the plugin directory watcher: editors and `cp` write in
+/// several steps.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// What became of a sample after all plugins ran.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Processed {
+    /// Report this sample (possibly changed, with plugins' alerts appended).
+    Pass(Sample),
+    /// A fail-closed plugin failed or is unavailable: hold the report back.
+    Held {
+        /// The plugin that failed.
+        plugin: String,
+        /// What went wrong, e.g. `ran longer than callTimeoutMs (100 ms)`.
+        reason: String,
+    },
+    /// A plugin asked for no report for this sample.
+    Dropped {
+        /// The plugin that dropped it.
+        plugin: String,
+    },
+}
+
+/// The loaded plugins. Cheap to clone and share between threads.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("plugins", &self.plugins())
+            .finish()
+    }
+}
+
+struct Inner {
+    runtime: Runtime,
+    config: PluginsConfig,
+    /// `None` only for one-off runs (`plugin test`), which leave no trace.
+    cache_dir: Option<PathBuf>,
+    status: Status,
+    /// Sorted by (order, name).
+    slots: RwLock<Vec<Arc<Slot>>>,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// One plugin name, loaded or not.
+struct Slot {
+    name: String,
+    settings: PluginSettings,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    /// The compiled version in use; `None` when the file is missing or never
+    /// loaded.
+    version: Option<Version>,
+    /// The warm instance; `None` after a failure until re-instantiated.
+    live: Option<Live>,
+    failures: VecDeque<Instant>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    last_failure: Option<Instant>,
+    disabled: Option<String>,
+}
+
+struct Version {
+    pre: PluginPre<State>,
+    sha256: String,
+}
+
+struct Live {
+    store: wasmtime::Store<State>,
+    bindings: Plugin,
+}
+
+enum Step {
+    Next(Sample),
+    Held(String),
+    Dropped,
+}
+
+impl PluginHost {
+    /// Loads every `*.wasm` in `config.dir` (compiling into, or loading from,
+    /// `cache_dir`) and starts the directory watcher when `hot_reload` is on.
+    /// A plugin that fails to load is logged and counted
+    /// (`plugin.<name>.load_errors`, `plugin.<name>.state`) but does not fail
+    /// the start; its failure policy applies to every sample until a good
+    /// version arrives.
+    pub fn start(
+        config: &PluginsConfig,
+        cache_dir: &Path,
+        status: Status,
+    ) -> Result<PluginHost, PluginError> {
+        let runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let inner = Arc::new(Inner {
+            runtime,
+            config: config.clone(),
+            cache_dir: Some(cache_dir.to_owned()),
+            status,
+            slots: RwLock::new(Vec::new()),
+            watcher: Mutex::new(None),
+        });
+        let Some(dir) = &config.dir else {
+            return Ok(PluginHost { inner });
+        };
+        runtime::create_private_dir(cache_dir).map_err(|source| PluginError::CacheDir {
+            path: cache_dir.to_owned(),
+            source,
+        })?;
+        let files = wasm_files(dir).map_err(|source| PluginError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut names: BTreeSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        names.extend(config.settings.keys().cloned());
+        for name in names {
+            let settings = config.settings.get(&name).cloned().unwrap_or_default();
+            if !settings.enabled {
+                inner
+                    .status
+                    .set_text(&key(&name, "state"), "off (enabled: false)");
+                continue;
+            }
+            let slot = inner.slot(&name, settings);
+            match files.iter().find(|(n, _)| *n == name) {
+                Some((_, path)) => inner.load(&slot, path),
+                None => {
+                    warn!(plugin = %name, dir = %dir.display(), "configured plugin has no .wasm file");
+                    inner.status.set_text(&key(&name, "state"), "missing");
+                }
+            }
+        }
+        if config.hot_reload {
+            inner.watch(dir)?;
+        }
+        Ok(PluginHost { inner })
+    }
+
+    /// Runs every plugin on the sample, in order. Never panics and never
+    /// loses the sample: failures follow each plugin's failure policy.
+    pub fn process(&self, sample: Sample) -> Processed {
+        let slots = self.inner.slots().clone();
+        let mut sample = sample;
+        for slot in slots {
+            match self.inner.run(&slot, sample) {
+                Step::Next(s) => sample = s,
+                Step::Held(reason) => {
+                    return Processed::Held {
+                        plugin: slot.name.clone(),
+                        reason,
+                    };
+                }
+                Step::Dropped => {
+                    return Processed::Dropped {
+                        plugin: slot.name.clone(),
+                    };
+                }
+            }
+        }
+        Processed::Pass(sample)
+    }
+
+    /// [`PluginHost::process`] on a blocking thread, for async callers.
+    pub async fn process_async(&self, sample: Sample) -> Processed {
+        if self.inner.slots().is_empty() {
+            return Processed::Pass(sample);
+        }
+        let host = self.clone();
+        // Kept so the report survives even a panic on the blocking thread.
+        let fallback = sample.clone();
+        match tokio::task::spawn_blocking(move || host.process(sample)).await {
+            Ok(p) => p,
+            Err(join) => {
+                error!(error = %join, "plugin processing thread failed; passing the sample on unchanged");
+                Processed::Pass(fallback)
+            }
+        }
+    }
+
+    /// Names of the plugins in run order, with their state (`running`,
+    /// `disabled: ...`, `missing`...).
+    pub fn plugins(&self) -> Vec<(String, String)> {
+        self.inner
+            .slots()
+            .iter()
+            .map(|s| {
+                let state = self
+                    .inner
+                    .status
+                    .get(&key(&s.name, "state"))
+                    .map(|v| match v {
+                        crate::status::Value::Text(t) => t,
+                        crate::status::Value::Number(n) => n.to_string(),
+                    })
+                    .unwrap_or_default();
+                (s.name.clone(), state)
+            })
+            .collect()
+    }
+
+    /// One plugin from any file, without the compile cache or watcher: for
+    /// `plugin test`. Load failures are returned rather than only logged.
+    pub(crate) fn single(
+        name: &str,
+        path: &Path,
+        settings: PluginSettings,
+        status: Status,
+    ) -> Result<PluginHost, PluginError> {
+        let runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut config = PluginsConfig::default();
+        config.settings.insert(name.to_owned(), settings.clone());
+        let inner = Arc::new(Inner {
+            runtime,
+            config,
+            cache_dir: None,
+            status,
+            slots: RwLock::new(Vec::new()),
+            watcher: Mutex::new(None),
+        });
+        let slot = inner.slot(name, settings);
+        inner.try_load(&slot, path)?;
+        Ok(PluginHost { inner })
+    }
+
+    /// Loads (or reloads) `<dir>/<name>.wasm` now, as the watcher would; a
+    /// disabled plugin is enabled again. The previous version stays when the
+    /// new one fails.
+    pub fn reload(&self, name: &str) -> Result<(), LoadError> {
+        let Some(dir) = &self.inner.config.dir else {
+            return Err(LoadError {
+                plugin: name.to_owned(),
+                stage: LoadStage::Read,
+                message: "no plugin directory configured".into(),
+            });
+        };
+        let path = dir.join(format!("{name}.wasm"));
+        let settings = self.inner.settings_for(name);
+        let slot = self.inner.slot(name, settings);
+        self.inner.try_load(&slot, &path)
+    }
+}
+
+/// `plugin.<name>.<what>`
+fn key(name: &str, what: &str) -> String {
+    format!("plugin.{name}.{what}")
+}
+
+/// `(name, path)` of every `*.wasm` file in `dir`, sorted.
+fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(name) = plugin_name(&path)
+            && path.is_file()
+        {
+            files.push((name, path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The plugin name of `path`, if it is a `.wasm` file that is not hidden
+/// (editors and atomic writers use hidden temporaries).
+fn plugin_name(path: &Path) -> Option<String> {
+    if path.extension()? != "wasm" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
+}
+
+impl Inner {
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn settings_for(&self, name: &str) -> PluginSettings {
+        self.config.settings.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The slot for `name`, created (in order) if new.
+    fn slot(&self, name: &str, settings: PluginSettings) -> Arc<Slot> {
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.iter().find(|s| s.name == name) {
+            return s.clone();
+        }
+        let slot = Arc::new(Slot {
+            name: name.to_owned(),
+            settings,
+            state: Mutex::new(SlotState::default()),
+        });
+        slots.push(slot.clone());
+        slots.sort_by(|a, b| (a.settings.order, &a.name).cmp(&(b.settings.order, &b.name)));
+        self.status.set("plugin.loaded", slots.len() as u64);
+        slot
+    }
+
+    /// Loads a file into a slot, logging and counting a failure.
+    fn load(&self, slot: &Slot, path: &Path) {
+        if let Err(e) = self.try_load(slot, path) {
+            error!(plugin = %slot.name, stage = %e.stage, error = %e.message, "plugin failed to load; keeping the previous version if any");
+        }
+    }
+
+    /// Reads, compiles, links and initialises `path`; on success the new
+    /// version replaces the old one, otherwise the old one stays.
+    fn try_load(&self, slot: &Slot, path: &Path) -> Result<(), LoadError> {
+        let name = &slot.name;
+        let result = (|| -> Result<(Version, Live, Duration), LoadError> {
+            let wasm = std::fs::read(path).map_err(|e| LoadError {
+                plugin: name.clone(),
+                stage: LoadStage::Read,
+                message: format!("cannot read {}: {e}", path.display()),
+            })?;
+            let started = Instant::now();
+            let pre = self.runtime.load(name, &wasm, self.cache_dir.as_deref())?;
+            let compiled = started.elapsed();
+            let live = self.instantiate(slot, &pre)?;
+            Ok((
+                Version {
+                    pre,
+                    sha256: format!("{:x}", Sha256::digest(&wasm)),
+                },
+                live,
+                compiled,
+            ))
+        })();
+        let (version, live, compiled) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                self.status.add(&key(name, "load_errors"), 1);
+                self.status
+                    .set_text(&key(name, "last_error"), e.to_string());
+                let st = slot.lock();
+                if st.version.is_none() {
+                    self.status
+                        .set_text(&key(name, "state"), format!("failed: {e}"));
+                }
+                return Err(e);
+            }
+        };
+        let mut st = slot.lock();
+        let replaced = st.version.is_some();
+        info!(
+            plugin = %name,
+            sha256 = %&version.sha256[..12],
+            load_ms = compiled.as_millis() as u64,
+            replaced,
+            "plugin loaded"
+        );
+        *st = SlotState {
+            version: Some(version),
+            live: Some(live),
+            ..SlotState::default()
+        };
+        if replaced {
+            self.status.add(&key(name, "reloads"), 1);
+        }
+        self.status.set_text(&key(name, "state"), "running");
+        Ok(())
+    }
+
+    /// Takes a plugin out of the pipeline because its file was removed.
+    fn unload(&self, name: &str) {
+        let slot = self.slots().iter().find(|s| s.name == name).cloned();
+        let Some(slot) = slot else { return };
+        *slot.lock() = SlotState::default();
+        if self.config.settings.contains_key(name) {
+            // A configured plugin keeps its slot so a fail-closed plugin keeps
+            // holding reports while its file is missing.
+            self.status.set_text(&key(name, "state"), "missing");
+        } else {
+            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+            slots.retain(|s| s.name != name);
+            self.status.set("plugin.loaded", slots.len() as u64);
+            self.status.set_text(&key(name, "state"), "unloaded");
+        }
+        info!(plugin = %name, "plugin file removed; plugin unloaded");
+    }
+
+    /// A fresh store and instance, with `init` run under the init budget.
+    fn instantiate(&self, slot: &Slot, pre: &PluginPre<State>) -> Result<Live, LoadError> {
+        let fail = |stage, message: String| LoadError {
+            plugin: slot.name.clone(),
+            stage,
+            message,
+        };
+        let limits = &slot.settings.limits;
+        let mut store = self
+            .runtime
+            .store(&slot.name, &slot.settings)
+            .map_err(|e| fail(LoadStage::Grants, format!("{e:#}")))?;
+        store.set_epoch_deadline(runtime::deadline_ticks(limits.init_timeout_ms));
+        let bindings = pre
+            .instantiate(&mut store)
+            .map_err(|e| fail(LoadStage::Link, format!("{e:#}")))?;
+        let config: Vec<(String, String)> = slot
+            .settings
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match bindings
+            .defender_plugin_processor()
+            .call_init(&mut store, &config)
+        {
+            Ok(Ok(())) => Ok(Live { store, bindings }),
+            Ok(Err(message)) => Err(fail(
+                LoadStage::Init,
+                format!("init returned an error: {message}"),
+            )),
+            Err(e) => {
+                let kind = runtime::classify(&e, store.data().limiter.memory_exceeded);
+                let what = match kind {
+                    FailureKind::Timeout => format!(
+                        "init ran longer than initTimeoutMs ({} ms)",
+                        limits.init_timeout_ms
+                    ),
+                    FailureKind::OutOfMemory => format!("init ran out of memory: {e:#}"),
+                    FailureKind::OutputTooLarge => format!(
+                        "init handed the host more than hostcallBytes ({} bytes)",
+                        limits.hostcall_bytes
+                    ),
+                    FailureKind::Trap => format!("init trapped: {e:#}"),
+                };
+                Err(fail(LoadStage::Init, what))
+            }
+        }
+    }
+
+    /// Runs one plugin on the sample.
+    fn run(&self, slot: &Slot, sample: Sample) -> Step {
+        let name = &slot.name;
+        let mut st = slot.lock();
+        let Some(version) = &st.version else {
+            return self.unavailable(slot, sample, "not loaded".into());
+        };
+        if let Some(reason) = &st.disabled {
+            let reason = format!("disabled: {reason}");
+            return self.unavailable(slot, sample, reason);
+        }
+        if st.live.is_none() {
+            if st.retry_at.is_some_and(|t| Instant::now() < t) {
+                return self.unavailable(slot, sample, "restarting after a failure".into());
+            }
+            match self.instantiate(slot, &version.pre) {
+                Ok(live) => {
+                    st.live = Some(live);
+                    self.status.add(&key(name, "restarts"), 1);
+                    self.status.set_text(&key(name, "state"), "running");
+                    info!(plugin = %name, "plugin re-instantiated");
+                }
+                Err(e) => {
+                    let reason = e.message.clone();
+                    self.record_failure(slot, &mut st, FailureKind::Trap, &reason);
+                    return self.fail(slot, sample, reason);
+                }
+            }
+        }
+        self.status.add(&key(name, "calls"), 1);
+        let Some(live) = st.live.as_mut() else {
+            return self.unavailable(slot, sample, "not instantiated".into());
+        };
+        let limits = &slot.settings.limits;
+        live.store.data_mut().log_lines = 0;
+        live.store.data_mut().limiter.memory_exceeded = false;
+        live.store
+            .set_epoch_deadline(runtime::deadline_ticks(limits.call_timeout_ms));
+        let input = convert::to_wit(&sample);
+        let result = live
+            .bindings
+            .defender_plugin_processor()
+            .call_process(&mut live.store, &input);
+        drop(input);
+        let dropped_lines = live.store.data().log_lines.saturating_sub(100);
+        if dropped_lines > 0 {
+            self.status
+                .add(&key(name, "log_lines_dropped"), u64::from(dropped_lines));
+        }
+        self.status.set(
+            &key(name, "memory_peak_bytes"),
+            live.store.data().limiter.peak_bytes as u64,
+        );
+        let output = match result {
+            Ok(Ok(output)) => output,
+            Ok(Err(message)) => {
+                self.status.add(&key(name, "errors"), 1);
+                warn!(plugin = %name, error = %message, "plugin returned an error");
+                return self.fail(slot, sample, format!("returned an error: {message}"));
+            }
+            Err(e) => {
+                let kind = runtime::classify(&e, live.store.data().limiter.memory_exceeded);
+                // A trapped store must never be entered again.
+                st.live = None;
+                let reason = match kind {
+                    FailureKind::Timeout => format!(
+                        "ran longer than callTimeoutMs ({} ms)",
+                        limits.call_timeout_ms
+                    ),
+                    FailureKind::OutOfMemory => format!("ran out of memory: {e:#}"),
+                    FailureKind::OutputTooLarge => format!(
+                        "handed the host more than hostcallBytes ({} bytes)",
+                        limits.hostcall_bytes
+                    ),
+                    FailureKind::Trap => format!("trapped: {e:#}"),
+                };
+                self.record_failure(slot, &mut st, kind, &reason);
+                return self.fail(slot, sample, reason);
+            }
+        };
+        if st.last_failure.is_some_and(|t| t.elapsed() > HEALTHY_AFTER) {
+            st.backoff = Duration::ZERO;
+            st.last_failure = None;
+        }
+        drop(st);
+        match output.verdict {
+            runtime::wit::Verdict::DropReport => {
+                self.status.add(&key(name, "dropped_reports"), 1);
+                Step::Dropped
+            }
+            runtime::wit::Verdict::Keep(out) => {
+                match convert::from_wit(name, out, output.alerts, &sample, limits) {
+                    Ok(next) => {
+                        let raised = next.alerts.len() - sample.alerts.len();
+                        if raised > 0 {
+                            self.status.add(&key(name, "alerts"), raised as u64);
+                        }
+                        Step::Next(next)
+                    }
+                    Err(e) => {
+                        self.status.add(&key(name, "rejected"), 1);
+                        warn!(plugin = %name, field = %e.field, error = %e.message, "plugin output rejected");
+                        self.fail(slot, sample, format!("output rejected: {e}"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a trap-like failure and schedules the restart, or disables the
+    /// plugin when it failed too often.
+    fn record_failure(&self, slot: &Slot, st: &mut SlotState, kind: FailureKind, reason: &str) {
+        let name = &slot.name;
+        let limits = &slot.settings.limits;
+        let now = Instant::now();
+        self.status.add(&key(name, kind.counter()), 1);
+        self.status.add(&key(name, "failures"), 1);
+        self.status.set_text(&key(name, "last_error"), reason);
+        st.failures.push_back(now);
+        while st
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > limits.failure_window())
+        {
+            st.failures.pop_front();
+        }
+        st.last_failure = Some(now);
+        if st.failures.len() as u64 >= limits.max_failures {
+            let why = format!(
+                "{} failures in {} s, last: {reason}",
+                st.failures.len(),
+                limits.failure_window_secs
+            );
+            error!(plugin = %name, reason = %why, "plugin disabled until reloaded");
+            self.status.add(&key(name, "disabled"), 1);
+            self.status
+                .set_text(&key(name, "state"), format!("disabled: {why}"));
+            st.disabled = Some(why);
+            st.live = None;
+            return;
+        }
+        let base = Duration::from_millis(limits.restart_backoff_ms);
+        st.backoff = if st.backoff.is_zero() {
+            base
+        } else {
+            (st.backoff * 2).min(Duration::from_millis(limits.max_restart_backoff_ms))
+        };
+        st.retry_at = Some(now + st.backoff);
+        warn!(plugin = %name, kind = kind.counter(), %reason, retry_in_ms = st.backoff.as_millis() as u64, "plugin failed; instance dropped");
+        self.status.set_text(
+            &key(name, "state"),
+            format!("restarting in {} ms", st.backoff.as_millis()),
+        );
+    }
+
+    /// The plugin failed on this sample: apply its failure policy.
+    fn fail(&self, slot: &Slot, sample: Sample, reason: String) -> Step {
+        match slot.settings.on_failure {
+            FailurePolicy::Open => {
+                self.status.add(&key(&slot.name, "passed_on_failure"), 1);
+                Step::Next(sample)
+            }
+            FailurePolicy::Closed => {
+                self.status.add(&key(&slot.name, "held"), 1);
+                Step::Held(reason)
+            }
+        }
+    }
+
+    /// The plugin cannot run now (missing, disabled, backing off).
+    fn unavailable(&self, slot: &Slot, sample: Sample, reason: String) -> Step {
+        match slot.settings.on_failure {
+            // A fail-open plugin that is not there is simply skipped.
+            FailurePolicy::Open => {
+                self.status.add(&key(&slot.name, "skipped"), 1);
+                Step::Next(sample)
+            }
+            FailurePolicy::Closed => self.fail(slot, sample, reason),
+        }
+    }
+
+    /// Starts the debounced watcher on the plugin directory. It holds only a
+    /// weak reference, so dropping the last `PluginHost` stops it.
+    fn watch(self: &Arc<Self>, dir: &Path) -> Result<(), PluginError> {
+        let weak: Weak<Inner> = Arc::downgrade(self);
+        let watch_dir = dir.to_owned();
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            RELOAD_DEBOUNCE,
+            None,
+            move |result: notify_debouncer_full::DebounceEventResult| {
+                let Some(inner) = weak.upgrade() else { return };
+                match result {
+                    Ok(events) => {
+                        let paths: BTreeSet<PathBuf> = events
+                            .iter()
+                            .flat_map(|e| e.paths.iter().cloned())
+                            .filter(|p| plugin_name(p).is_some() && p.parent() == Some(&watch_dir))
+                            .collect();
+                        for path in paths {
+                            inner.changed(&path);
+                        }
+                    }
+                    Err(errors) => {
+                        for e in errors {
+                            warn!(error = %e, "plugin directory watcher error");
+                        }
+                    }
+                }
+            },
+        )
+        .map_err(|e| PluginError::Watch {
+            path: dir.to_owned(),
+            message: e.to_string(),
+        })?;
+        debouncer
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| PluginError::Watch {
+                path: dir.to_owned(),
+                message: e.to_string(),
+            })?;
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(debouncer);
+        info!(dir = %dir.display(), "watching plugin directory for changes");
+        Ok(())
+    }
+
+    /// A `.wasm` file in the plugin directory changed: load it or unload it.
+    fn changed(&self, path: &Path) {
+        let Some(name) = plugin_name(path) else {
+            return;
+        };
+        let settings = self.settings_for(&name);
+        if !settings.enabled {
+            return;
+        }
+        if path.is_file() {
+            let slot = self.slot(&name, settings);
+            self.load(&slot, path);
+        } else {
+            self.unload(&name);
+        }
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // A panic while holding the lock leaves at worst a stale instance,
+        // which the next failure replaces.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

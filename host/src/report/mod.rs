@@ -1,9 +1,58 @@
 //! The Device Defender metrics report: model, validation, trimming, JSON and
-//! CBOR encoding. Pure: no I/O, not async.
+//! CBOR encoding. Pure: no I/O, not async; every function takes and returns
+//! plain values, so the whole module is testable without a device.
+//!
+//! The path of a sample to the wire is [`prepare`]: [`build`] the typed
+//! [`Report`], [`validate()`] it, [`encode`] it, and trim it to the byte
+//! budget in a fixed order when it is too large. Key names live in one table
+//! ([`keys::KEYS`]) read by both the encoder and the [`decode`]r, so the long
+//! and short key sets cannot drift apart. docs/REPORT.md describes the
+//! format, the rules and the trimming order.
 
+mod decode;
+mod encode;
+pub mod keys;
+mod model;
+mod trim;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};
+
+pub use decode::{DecodeError, decode};
+pub use encode::encode;
+pub use keys::KeyStyle;
+pub use model::{
+    Connection, ConnectionList, Header, Metrics, Port, PortList, Report, TcpConnections, VERSION,
+    build, next_report_id,
+};
+pub use trim::{Prepared, Trimmed, fit};
+pub use validate::ValidationError;
+
+/// Checks every rule of `report` (docs/REPORT.md lists them) and returns the
+/// first one broken. Run before anything is sent: Device Defender accepts
+/// some broken reports and silently drops their data.
+pub fn validate(report: &Report) -> Result<(), ValidationError> {
+    validate::report(report)
+}
+
+/// Checks a thing name: 1 to 128 bytes of UTF-8, no control characters, and
+/// none of the MQTT topic characters `/`, `+`, `#`.
+pub fn validate_thing_name(name: &str) -> Result<(), ValidationError> {
+    validate::thing_name(name)
+}
+
+/// Builds, validates, encodes and, if needed, trims the report for
+/// `sample` so that it takes at most `max_bytes` in `format`.
+pub fn prepare(
+    sample: &crate::sample::Sample,
+    report_id: u64,
+    format: Format,
+    max_bytes: usize,
+) -> Result<Prepared, ValidationError> {
+    let report = build(sample, report_id);
+    validate(&report)?;
+    fit(report, format, max_bytes)
+}
 
 /// Device Defender throttles to one report per thing per 300 s.
 pub const MIN_INTERVAL_SECONDS: u64 = 300;
@@ -24,6 +73,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// A name for messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::JsonShort => "short-key JSON",
+            Format::Cbor => "CBOR",
+        }
+    }
+
     /// The last segment of the Device Defender topic for this format.
     pub fn topic_suffix(self) -> &'static str {
         match self {

@@ -1,8 +1,16 @@
 //! Validation rules of the Device Defender report. Each rule has its own
 //! error variant, and each message names the field and the offending value.
+//!
+//! Field paths in messages use the long key names whatever the wire format,
+//! since they describe the model, not the bytes.
 
+use std::net::SocketAddr;
+
+use super::model::{PortList, Report};
 use crate::sample::CustomMetricValue;
 
+/// Longest thing name, in bytes of UTF-8, Device Defender accepts.
+pub const MAX_THING_NAME_BYTES: usize = 128;
 /// Longest custom metric name Device Defender accepts.
 pub const MAX_METRIC_NAME_LEN: usize = 128;
 /// Device Defender keeps at most 15 significant digits of a number.
@@ -25,6 +33,150 @@ pub enum ValidationError {
     BadString { name: String, value: String },
     #[error("custom metric {name:?}: {value:?} is not a valid IPv4 or IPv6 address")]
     BadIp { name: String, value: String },
+    #[error("header.report_id {value} must be positive")]
+    ReportId { value: u64 },
+    #[error("header.version {value:?} must have the form Major.Minor, such as \"1.0\"")]
+    Version { value: String },
+    #[error("report has neither metrics nor custom_metrics; at least one is required")]
+    NothingToReport,
+    #[error("{field} {value} is not a port number in 1..65535")]
+    Port { field: String, value: u32 },
+    #[error("{field} {value} is not a local port number in 1..65535")]
+    LocalPort { field: String, value: u32 },
+    #[error(
+        "{field} {value:?} must be an IPv4 address and port (203.0.113.7:443) or a bracketed IPv6 address and port ([2001:db8::7]:443), with a port in 1..65535 and no zone index"
+    )]
+    RemoteAddr { field: String, value: String },
+    #[error("{field} {total} is less than the {listed} entries listed")]
+    Total {
+        field: String,
+        total: u64,
+        listed: usize,
+    },
+    #[error("thing name {name:?} is {len} bytes; it must be 1 to 128 bytes of UTF-8")]
+    ThingNameLength { name: String, len: usize },
+    #[error("thing name {name:?} contains the control character {ch:?}")]
+    ThingNameControl { name: String, ch: char },
+    #[error("thing name {name:?} contains {ch:?}, which MQTT reserves in topic names")]
+    ThingNameTopic { name: String, ch: char },
+    #[error(
+        "the {format} report takes {minimal} bytes with every list emptied, over the budget of {max_bytes} bytes"
+    )]
+    DoesNotFit {
+        format: &'static str,
+        minimal: usize,
+        max_bytes: usize,
+    },
+}
+
+/// Checks every rule of a report, in document order, and returns the first
+/// broken one.
+pub fn report(report: &Report) -> Result<(), ValidationError> {
+    if report.header.report_id == 0 {
+        return Err(ValidationError::ReportId {
+            value: report.header.report_id,
+        });
+    }
+    version(&report.header.version)?;
+    if report.metrics.is_none() && report.custom_metrics.is_empty() {
+        return Err(ValidationError::NothingToReport);
+    }
+    if let Some(metrics) = &report.metrics {
+        port_list(&metrics.listening_tcp_ports, "metrics.listening_tcp_ports")?;
+        port_list(&metrics.listening_udp_ports, "metrics.listening_udp_ports")?;
+        let list = &metrics.tcp_connections.established_connections;
+        const PATH: &str = "metrics.tcp_connections.established_connections";
+        for (i, conn) in list.connections.iter().enumerate() {
+            if !remote_addr_ok(&conn.remote_addr) {
+                return Err(ValidationError::RemoteAddr {
+                    field: format!("{PATH}.connections[{i}].remote_addr"),
+                    value: conn.remote_addr.clone(),
+                });
+            }
+            if !port_ok(conn.local_port) {
+                return Err(ValidationError::LocalPort {
+                    field: format!("{PATH}.connections[{i}].local_port"),
+                    value: conn.local_port,
+                });
+            }
+        }
+        total(list.total, list.connections.len(), PATH)?;
+    }
+    report
+        .custom_metrics
+        .iter()
+        .try_for_each(|(name, value)| custom_metric(name, value))
+}
+
+/// Checks a thing name against Device Defender's rule (1 to 128 bytes of
+/// UTF-8, no control characters) and refuses the characters that would
+/// change the meaning of the `$aws/things/<thing>/defender/...` topic.
+pub fn thing_name(name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() || name.len() > MAX_THING_NAME_BYTES {
+        return Err(ValidationError::ThingNameLength {
+            name: name.to_owned(),
+            len: name.len(),
+        });
+    }
+    if let Some(ch) = name.chars().find(|c| c.is_control()) {
+        return Err(ValidationError::ThingNameControl {
+            name: name.to_owned(),
+            ch,
+        });
+    }
+    if let Some(ch) = name.chars().find(|c| matches!(c, '/' | '+' | '#')) {
+        return Err(ValidationError::ThingNameTopic {
+            name: name.to_owned(),
+            ch,
+        });
+    }
+    Ok(())
+}
+
+fn version(value: &str) -> Result<(), ValidationError> {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match value.split_once('.') {
+        Some((major, minor)) if number(major) && number(minor) => Ok(()),
+        _ => Err(ValidationError::Version {
+            value: value.to_owned(),
+        }),
+    }
+}
+
+fn port_ok(port: u32) -> bool {
+    (1..=65535).contains(&port)
+}
+
+fn port_list(list: &PortList, path: &str) -> Result<(), ValidationError> {
+    for (i, port) in list.ports.iter().enumerate() {
+        if !port_ok(port.port) {
+            return Err(ValidationError::Port {
+                field: format!("{path}.ports[{i}].port"),
+                value: port.port,
+            });
+        }
+    }
+    total(list.total, list.ports.len(), path)
+}
+
+fn total(total: u64, listed: usize, path: &str) -> Result<(), ValidationError> {
+    if total < listed as u64 {
+        return Err(ValidationError::Total {
+            field: format!("{path}.total"),
+            total,
+            listed,
+        });
+    }
+    Ok(())
+}
+
+/// `ip:port` or `[ipv6]:port`, a non-zero port, and no `%zone`, which only
+/// means something on the device itself.
+fn remote_addr_ok(text: &str) -> bool {
+    match text.parse::<SocketAddr>() {
+        Ok(addr) => addr.port() != 0 && !text.contains('%'),
+        Err(_) => false,
+    }
 }
 
 /// Checks one custom metric against Device Defender's rules. Device Defender
@@ -109,6 +261,10 @@ fn string(name: &str, s: &str) -> Result<(), ValidationError> {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test that unwraps the wrong variant fails, which is its purpose"
+)]
 mod tests {
     use super::*;
 

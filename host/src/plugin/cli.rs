@@ -1,0 +1,323 @@
+//! `defender-edge plugin ...`: scaffold, check, try and precompile plugins.
+//! The binary hooks [`PluginCommand`] in as a subcommand and calls [`run`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+
+use super::runtime::{self, Runtime, WIT_PACKAGE, WIT_VERSION};
+use super::{Grants, PluginHost, PluginSettings, PluginsConfig, Processed};
+use crate::sample::Sample;
+use crate::status::Status;
+
+/// `defender-edge plugin <command>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate from the SDK template, in `<dir>/<name>`
+    New {
+        /// Plugin name: lowercase letters, digits and dashes
+        name: String,
+        /// Where to create the crate folder
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The SDK crate (plugins/sdk in the defender-edge source); defaults
+        /// to the one this binary was built from, when it still exists
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Tell whether a .wasm file is a plugin this host can load, and list
+    /// what it imports and exports
+    Check {
+        /// The plugin (a WebAssembly component)
+        file: PathBuf,
+    },
+    /// Run a plugin once on a sample and print the outcome and the resulting
+    /// sample
+    Test {
+        /// The plugin (a WebAssembly component)
+        file: PathBuf,
+        /// The sample as JSON (the format `defender-edge collect` prints)
+        #[arg(long)]
+        sample: PathBuf,
+        /// A configuration entry for the plugin's init, repeatable
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+        config: Vec<(String, String)>,
+        /// Grant read-only access to a host directory, repeatable
+        #[arg(long = "grant-dir", value_name = "GUEST=HOST", value_parser = key_value)]
+        grant_dirs: Vec<(String, String)>,
+    },
+    /// Compile every plugin in the plugin directory into the cache, so the
+    /// first start after installation does not compile
+    Compile {
+        /// The plugin directory; defaults to `plugins.dir` of the configuration
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("expected KEY=VALUE, found {s:?}"))
+}
+
+/// Runs a plugin command, writing its report to `out`. `config` is the
+/// `plugins` section (for `compile`: the directory and nothing else), and
+/// `cache_dir` the host's compile cache (under the state directory).
+pub fn run(
+    cmd: PluginCommand,
+    config: &PluginsConfig,
+    cache_dir: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::New { name, dir, sdk } => new(&name, &dir, sdk.as_deref(), out),
+        PluginCommand::Check { file } => check(&file, out),
+        PluginCommand::Test {
+            file,
+            sample,
+            config,
+            grant_dirs,
+        } => test(&file, &sample, config, grant_dirs, out),
+        PluginCommand::Compile { dir } => {
+            let dir = dir.or_else(|| config.dir.clone()).context(
+                "no plugin directory: pass --dir or set plugins.dir in the configuration",
+            )?;
+            compile(&dir, cache_dir, out)
+        }
+    }
+}
+
+const TEMPLATE: [(&str, &str); 5] = [
+    (
+        "Cargo.toml",
+        include_str!("../../../plugins/template/Cargo.toml.tmpl"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../plugins/template/src/lib.rs.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../plugins/template/README.md.tmpl"),
+    ),
+    (
+        "sample.json",
+        include_str!("../../../plugins/template/sample.json.tmpl"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../plugins/template/gitignore.tmpl"),
+    ),
+];
+
+fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        bail!(
+            "plugin name {name:?} must start with a-z and use only a-z, 0-9 and -, at most 64 characters"
+        );
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+    let sdk = match sdk {
+        Some(p) => p.to_owned(),
+        None if built_from.join("Cargo.toml").is_file() => built_from,
+        None => bail!(
+            "cannot find the plugin SDK: pass --sdk PATH (the plugins/sdk folder of the defender-edge source)"
+        ),
+    };
+    let sdk = sdk
+        .canonicalize()
+        .with_context(|| format!("--sdk {}", sdk.display()))?;
+    if !sdk.join("Cargo.toml").is_file() {
+        bail!("--sdk {}: no Cargo.toml there", sdk.display());
+    }
+    let root = parent.join(name);
+    if root.exists() {
+        bail!("{} already exists", root.display());
+    }
+    let type_name: String = name
+        .split('-')
+        .map(|part| {
+            let mut c = part.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    for (rel, text) in TEMPLATE {
+        let path = root.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let text = text
+            .replace("{{name}}", name)
+            .replace("{{crate_name}}", &name.replace('-', "_"))
+            .replace("{{type_name}}", &type_name)
+            .replace("{{sdk_path}}", &sdk.display().to_string());
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    writeln!(out, "created {} (SDK: {})", root.display(), sdk.display())?;
+    writeln!(
+        out,
+        "next: cd {} && cargo test && cargo build --target wasm32-wasip2 --release",
+        root.display()
+    )?;
+    Ok(())
+}
+
+fn check(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+    writeln!(
+        out,
+        "file:     {} ({} bytes, sha256 {:x})",
+        file.display(),
+        wasm.len(),
+        Sha256::digest(&wasm)
+    )?;
+    let (component, inspection) = runtime::inspect(&rt.engine, &wasm)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    writeln!(out, "imports:")?;
+    for name in &inspection.imports {
+        let note = if name.starts_with("wasi:") {
+            "  (WASI: nothing granted unless configured)"
+        } else {
+            ""
+        };
+        writeln!(out, "  {name}{note}")?;
+    }
+    writeln!(out, "exports:")?;
+    for name in &inspection.exports {
+        writeln!(out, "  {name}")?;
+    }
+    runtime::check_world(&rt.engine, &component)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    rt.linker.instantiate_pre(&component).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: imports something this host does not provide: {e:#}",
+            file.display()
+        )
+    })?;
+    writeln!(
+        out,
+        "ok: a {WIT_PACKAGE} plugin this host ({WIT_PACKAGE}@{WIT_VERSION}) can load"
+    )?;
+    Ok(())
+}
+
+fn test(
+    file: &Path,
+    sample: &Path,
+    config: Vec<(String, String)>,
+    grant_dirs: Vec<(String, String)>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(sample)
+        .with_context(|| format!("cannot read {}", sample.display()))?;
+    let input: Sample = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a sample", sample.display()))?;
+    let name = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().replace('_', "-"))
+        .unwrap_or_else(|| "plugin".into());
+    let settings = PluginSettings {
+        config: config.into_iter().collect(),
+        grants: Grants {
+            read_dirs: grant_dirs
+                .into_iter()
+                .map(|(g, h)| (g, PathBuf::from(h)))
+                .collect(),
+            clock: false,
+        },
+        ..PluginSettings::default()
+    };
+    let status = Status::new();
+    let started = Instant::now();
+    let host = PluginHost::single(&name, file, settings, status.clone())?;
+    let loaded = started.elapsed();
+    let started = Instant::now();
+    let processed = host.process(input.clone());
+    let took = started.elapsed();
+    writeln!(
+        out,
+        "plugin:  {name} (loaded in {} ms, ran in {} µs)",
+        loaded.as_millis(),
+        took.as_micros()
+    )?;
+    let counters = status.snapshot(0).values;
+    let failure = counters
+        .iter()
+        .find(|(k, _)| k.ends_with(".last_error"))
+        .map(|(_, v)| format!("{v:?}"));
+    match processed {
+        Processed::Pass(sample) => {
+            if let Some(f) = failure {
+                writeln!(
+                    out,
+                    "outcome: failed, sample passed on unchanged (fail-open): {f}"
+                )?;
+            } else if counters.keys().any(|k| k.ends_with(".rejected")) {
+                writeln!(
+                    out,
+                    "outcome: output rejected, sample passed on unchanged (see log)"
+                )?;
+            } else {
+                writeln!(out, "outcome: pass")?;
+            }
+            let raised = &sample.alerts[input.alerts.len().min(sample.alerts.len())..];
+            writeln!(out, "alerts:  {}", raised.len())?;
+            for a in raised {
+                writeln!(out, "  [{}] {}: {}", a.severity.as_str(), a.name, a.message)?;
+            }
+            writeln!(out, "sample:")?;
+            serde_json::to_writer_pretty(&mut *out, &sample)?;
+            writeln!(out)?;
+        }
+        Processed::Dropped { .. } => writeln!(out, "outcome: report dropped by the plugin")?,
+        Processed::Held { reason, .. } => writeln!(out, "outcome: report held: {reason}")?,
+    }
+    Ok(())
+}
+
+fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
+    let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+    let files =
+        super::wasm_files(dir).with_context(|| format!("plugin directory {}", dir.display()))?;
+    let mut failed = Vec::new();
+    for (name, path) in files {
+        let wasm =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let started = Instant::now();
+        match rt.load(&name, &wasm, Some(cache_dir)) {
+            Ok(_) => writeln!(
+                out,
+                "{name}: {} ({} ms)",
+                rt.cache_path(&wasm, cache_dir).display(),
+                started.elapsed().as_millis()
+            )?,
+            Err(e) => {
+                writeln!(out, "{e}")?;
+                failed.push(name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} plugin(s) failed to compile: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
