@@ -2,6 +2,7 @@
 
 mod cli;
 mod collect;
+mod delivery;
 mod plugins;
 mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.

@@ -5,7 +5,9 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+pub mod defender;
 pub mod ipc;
+pub mod mqtt;
 pub mod outbox;
 
 use std::future::Future;
@@ -58,4 +60,54 @@ pub trait Transport: Send + Sync {
 pub struct PublishConfig {
     /// Greengrass IPC client settings.
     pub ipc: ipc::IpcConfig,
+    /// Which transport carries Device Defender reports.
+    pub transport: TransportKind,
+    /// Direct MQTT settings (`transport: mqtt`, or `auto` outside Greengrass).
+    pub mqtt: mqtt::MqttConfig,
+    /// Size limits of the durable outbox.
+    pub outbox: outbox::OutboxLimits,
+    /// The Device Defender protocol: publish floor, reply timeout.
+    pub device_defender: defender::DefenderConfig,
+}
+
+impl PublishConfig {
+    /// Checks that go beyond the shape of the section; messages name the key.
+    pub fn check(&self) -> Result<(), String> {
+        self.mqtt.check()?;
+        self.outbox.check("publish.outbox")?;
+        if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
+            return Err(
+                "key `publish.mqtt.endpoint`: required when `publish.transport` is `mqtt`"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The `publish.transport` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Greengrass IPC when running under a nucleus, else MQTT when
+    /// `publish.mqtt.endpoint` is set, else none.
+    #[default]
+    Auto,
+    Ipc,
+    Mqtt,
+    /// Reports are written locally only (`output.ndjson`).
+    None,
+}
+
+impl TransportKind {
+    /// Resolves `auto`: `under_greengrass` is whether the nucleus gave this
+    /// process an IPC socket (`AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`).
+    pub fn resolve(self, under_greengrass: bool, config: &PublishConfig) -> TransportKind {
+        match self {
+            TransportKind::Auto if under_greengrass => TransportKind::Ipc,
+            TransportKind::Auto if config.mqtt.endpoint.is_some() => TransportKind::Mqtt,
+            TransportKind::Auto => TransportKind::None,
+            other => other,
+        }
+    }
 }

@@ -591,17 +591,22 @@ impl Outbox {
     /// skips a corrupt record in the middle, and queues the waiting entries.
     fn recover_segment(&mut self, first: u64, path: PathBuf) -> Result<(), OutboxError> {
         let ack_path = path.with_extension(ACK_EXT);
-        let mut file = open_append(&path)?;
+        let file = open_append(&path)?;
         let mut ack = open_append(&ack_path)?;
         let gone = self.recover_acks(&mut ack, &ack_path)?;
 
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(io(&path))?;
-        let mut offset = 0usize;
+        // Records are read one at a time into one reused buffer, so opening
+        // a large backlog costs one record of memory, not one segment.
+        let mut size = file.metadata().map_err(io(&path))?.len();
+        let mut buf = Vec::new();
+        let mut offset = 0u64;
         let mut last_id = self.next_id.saturating_sub(1);
         let mut waiting = 0usize;
-        while offset < data.len() {
-            if let Some((id, len)) = parse_entry(&data, offset).filter(|(id, _)| *id > last_id) {
+        while offset < size {
+            let entry = entry_at(&file, size, offset, &mut buf)
+                .map_err(io(&path))?
+                .filter(|(id, _)| *id > last_id);
+            if let Some((id, len)) = entry {
                 if !gone.contains(&id) {
                     self.queue.push_back(Slot {
                         id,
@@ -615,10 +620,12 @@ impl Outbox {
                     self.waiting_bytes += len as u64;
                 }
                 last_id = id;
-                offset += HEADER + len;
+                offset += (HEADER + len) as u64;
                 continue;
             }
-            if let Some(next) = skip_corrupt(&data, offset, last_id) {
+            if let Some(next) =
+                skip_corrupt(&file, size, offset, last_id, &mut buf).map_err(io(&path))?
+            {
                 self.status.add(&self.key("corrupt_records"), 1);
                 warn!(
                     segment = %path.display(),
@@ -628,8 +635,8 @@ impl Outbox {
                 offset = next;
                 continue;
             }
-            let cut = data.len() - offset;
-            file.set_len(offset as u64)
+            let cut = size - offset;
+            file.set_len(offset)
                 .and_then(|()| file.sync_all())
                 .map_err(io(&path))?;
             self.status.add(&self.key("recovered_torn"), 1);
@@ -639,7 +646,7 @@ impl Outbox {
                 bytes = cut,
                 "outbox segment ends in a torn or corrupt record: truncated"
             );
-            data.truncate(offset);
+            size = offset;
         }
         self.next_id = self.next_id.max(last_id + 1).max(first);
         self.segments.insert(
@@ -649,7 +656,7 @@ impl Outbox {
                 ack_path,
                 file,
                 ack,
-                size: data.len() as u64,
+                size,
                 waiting,
             },
         );
@@ -702,16 +709,64 @@ fn parse_entry(data: &[u8], offset: usize) -> Option<(u64, usize)> {
     (entry_crc(len, id, payload) == sum).then_some((id, len as usize))
 }
 
+/// Reads and checks the entry record at `offset` of a segment `size` bytes
+/// long: its id and payload length, when the record is complete and its
+/// checksum matches. `buf` is reused between calls. I/O errors are errors,
+/// not damage: a failing read must never make recovery cut good records.
+fn entry_at(
+    file: &File,
+    size: u64,
+    offset: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(u64, usize)>> {
+    if offset + HEADER as u64 > size {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER];
+    file.read_exact_at(&mut header, offset)?;
+    let (len, id, sum) = split_header(&header);
+    if offset + HEADER as u64 + u64::from(len) > size {
+        return Ok(None);
+    }
+    buf.resize(len as usize, 0);
+    file.read_exact_at(buf, offset + HEADER as u64)?;
+    Ok((entry_crc(len, id, buf) == sum).then_some((id, len as usize)))
+}
+
+fn split_header(header: &[u8; HEADER]) -> (u32, u64, u32) {
+    let mut len = [0u8; 4];
+    let mut id = [0u8; 8];
+    let mut sum = [0u8; 4];
+    len.copy_from_slice(&header[0..4]);
+    id.copy_from_slice(&header[4..12]);
+    sum.copy_from_slice(&header[12..16]);
+    (
+        u32::from_le_bytes(len),
+        u64::from_le_bytes(id),
+        u32::from_le_bytes(sum),
+    )
+}
+
 /// When the record at `offset` is bad but its length field leads to a record
 /// that verifies, the damage is confined to this one record: returns where the
 /// next one starts. A bad record with nothing valid after it is a torn tail.
-fn skip_corrupt(data: &[u8], offset: usize, last_id: u64) -> Option<usize> {
-    let header = data.get(offset..offset + HEADER)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
-    let next = offset.checked_add(HEADER)?.checked_add(len)?;
-    parse_entry(data, next)
+fn skip_corrupt(
+    file: &File,
+    size: u64,
+    offset: u64,
+    last_id: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<u64>> {
+    if offset + HEADER as u64 > size {
+        return Ok(None);
+    }
+    let mut header = [0u8; HEADER];
+    file.read_exact_at(&mut header, offset)?;
+    let (len, _, _) = split_header(&header);
+    let next = offset + HEADER as u64 + u64::from(len);
+    Ok(entry_at(file, size, next, buf)?
         .filter(|(id, _)| *id > last_id)
-        .map(|_| next)
+        .map(|_| next))
 }
 
 fn entry_crc(len: u32, id: u64, payload: &[u8]) -> u32 {

@@ -1,0 +1,884 @@
+//! Direct MQTT to AWS IoT Core (or a local broker), for devices without
+//! Greengrass: rumqttc over rustls with mutual TLS.
+//!
+//! # Why the connection is driven this way
+//!
+//! rumqttc's `publish()` returns when the request is queued, not when it was
+//! acknowledged, and gives no packet id. [`MqttTransport::publish`] resolves
+//! only on the PUBACK: every request is queued under one lock together with a
+//! waiter, and the connection task pairs each `Outgoing::Publish(pkid)` event
+//! (emitted in queue order) with the oldest waiter, then the `PubAck(pkid)` with
+//! that waiter.
+//!
+//! rumqttc keeps its session state in memory only and, on a fresh session
+//! (CONNACK `session_present = 0`), silently drops what was in flight. So after
+//! any connection error this module fails every outstanding publish with
+//! [`TransportError::Unreachable`] and clears rumqttc's retransmission queue:
+//! the durable outbox above owns retries, and no message is in two queues at
+//! once. The persistent session (clean session off, stable client id) still
+//! matters: the broker keeps our subscriptions and queues replies to us while
+//! we are away. After a fresh session every subscription is made again.
+//!
+//! Reconnects back off exponentially from 1 s to 60 s with ±25 % jitter (IoT
+//! Core allows one CONNECT per second per client id), and every failed attempt
+//! is logged with the broker's address and the reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, MqttOptions, Outgoing, QoS,
+    SubscribeReasonCode, TlsConfiguration,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::{Message, Transport, TransportError};
+use crate::status::Status;
+
+/// AWS IoT Core's payload limit; also the packet size rumqttc accepts in and
+/// out (its default, 10 KiB, would refuse ordinary reports).
+pub const MAX_PACKET_BYTES: usize = 128 * 1024;
+/// IoT Core allows at most 100 unacknowledged publishes per connection.
+pub const MAX_INFLIGHT: u16 = 100;
+/// ALPN protocol that lets IoT Core accept MQTT with mutual TLS on port 443.
+pub const AWS_IOT_ALPN: &[u8] = b"x-amzn-mqtt-ca";
+
+/// The `publish.mqtt` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MqttConfig {
+    /// Broker host name, e.g. `abc123-ats.iot.eu-west-1.amazonaws.com`.
+    pub endpoint: Option<String>,
+    /// 8883 (MQTT over TLS) or 443 (with ALPN `x-amzn-mqtt-ca`).
+    pub port: u16,
+    /// MQTT client id; defaults to the thing name. Must stay stable: IoT Core
+    /// ties the persistent session to it.
+    pub client_id: Option<String>,
+    /// PEM file with the device certificate (and chain).
+    pub certificate_file: Option<PathBuf>,
+    /// PEM file with the device's private key.
+    pub private_key_file: Option<PathBuf>,
+    /// PEM file with the root CA(s) that signed the broker's certificate.
+    pub root_ca_file: Option<PathBuf>,
+    /// Sends ALPN `x-amzn-mqtt-ca`; defaults to on for port 443 only.
+    #[serde(deserialize_with = "lenient_opt_bool")]
+    pub alpn: Option<bool>,
+    /// MQTT keep-alive, 30 to 1200 seconds.
+    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    pub keep_alive_seconds: u64,
+    /// How long a publish or subscribe waits for the broker's acknowledgement.
+    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    pub ack_timeout_seconds: u64,
+    /// TCP and TLS connect timeout.
+    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    pub connect_timeout_seconds: u64,
+    /// Connects without TLS when no certificate is configured. For local
+    /// development brokers only; logged at warn.
+    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    pub allow_plain_tcp: bool,
+}
+
+fn lenient_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    crate::config::lenient::bool(d).map(Some)
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            endpoint: None,
+            port: 8883,
+            client_id: None,
+            certificate_file: None,
+            private_key_file: None,
+            root_ca_file: None,
+            alpn: None,
+            keep_alive_seconds: 45,
+            ack_timeout_seconds: 30,
+            connect_timeout_seconds: 10,
+            allow_plain_tcp: false,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks the section; messages name the key.
+    pub fn check(&self) -> Result<(), String> {
+        if !(30..=1200).contains(&self.keep_alive_seconds) {
+            return Err(format!(
+                "key `publish.mqtt.keepAliveSeconds`: {} is outside 30..=1200 (AWS IoT Core's range)",
+                self.keep_alive_seconds
+            ));
+        }
+        if self.ack_timeout_seconds == 0 || self.connect_timeout_seconds == 0 {
+            return Err(
+                "keys `publish.mqtt.ackTimeoutSeconds` and `connectTimeoutSeconds` must be at least 1"
+                    .to_owned(),
+            );
+        }
+        let files = [
+            &self.certificate_file,
+            &self.private_key_file,
+            &self.root_ca_file,
+        ];
+        let given = files.iter().filter(|f| f.is_some()).count();
+        if given != 0 && given != 3 {
+            return Err("keys `publish.mqtt.certificateFile`, `privateKeyFile` and `rootCaFile` go together: give all three or none".to_owned());
+        }
+        if given == 0 && !self.allow_plain_tcp && self.endpoint.is_some() {
+            return Err("key `publish.mqtt`: mutual TLS needs `certificateFile`, `privateKeyFile` and `rootCaFile`; set `allowPlainTcp: true` only for a local development broker".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Why the MQTT transport could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("key `publish.mqtt.endpoint` is not set")]
+    NoEndpoint,
+    #[error("MQTT client id is empty: set `publish.mqtt.clientId` or the thing name")]
+    NoClientId,
+    #[error("invalid `publish.mqtt` configuration: {0}")]
+    Config(String),
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} file {path} holds no usable {expected}")]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("TLS setup with certificate {path}: {source}")]
+    Tls {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+}
+
+/// A subscription: the receivers of one topic filter and whether the broker
+/// confirmed it in the current session.
+struct Subscription {
+    senders: Vec<mpsc::Sender<Message>>,
+    confirmed: bool,
+    requested: bool,
+    waiters: Vec<oneshot::Sender<Result<(), String>>>,
+}
+
+/// State shared by callers and the connection task, under one lock so that
+/// the order of queued requests and of their waiters always agree.
+struct Shared {
+    connected: bool,
+    last_error: Option<String>,
+    /// Publishes queued to rumqttc, waiting for their packet id.
+    queued: VecDeque<oneshot::Sender<Result<(), String>>>,
+    /// Publishes sent, waiting for their PUBACK.
+    inflight: HashMap<u16, oneshot::Sender<Result<(), String>>>,
+    /// Subscribes queued to rumqttc (by filter), waiting for their packet id.
+    queued_subscribes: VecDeque<String>,
+    /// Subscribes sent, waiting for their SUBACK.
+    inflight_subscribes: HashMap<u16, String>,
+    subscriptions: HashMap<String, Subscription>,
+}
+
+/// The MQTT implementation of [`Transport`]. Cheap to share behind an `Arc`;
+/// dropping it (or calling [`MqttTransport::shutdown`]) stops the connection.
+pub struct MqttTransport {
+    client: AsyncClient,
+    shared: Arc<Mutex<Shared>>,
+    peer: String,
+    ack_timeout: Duration,
+    task: Mutex<Option<JoinHandle<()>>>,
+    status: Status,
+}
+
+impl std::fmt::Debug for MqttTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttTransport")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MqttTransport {
+    /// Starts connecting to the broker in the background and returns at once;
+    /// publishes fail with [`TransportError::Unreachable`] until connected.
+    /// `default_client_id` is used when the configuration names none (the
+    /// thing name). Must be called inside a tokio runtime.
+    pub fn start(
+        config: &MqttConfig,
+        default_client_id: &str,
+        status: Status,
+    ) -> Result<MqttTransport, MqttError> {
+        config.check().map_err(MqttError::Config)?;
+        let host = config.endpoint.clone().ok_or(MqttError::NoEndpoint)?;
+        let client_id = config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| default_client_id.to_owned());
+        if client_id.is_empty() {
+            return Err(MqttError::NoClientId);
+        }
+        let peer = format!("MQTT broker {host}:{}", config.port);
+
+        let mut options = MqttOptions::new(client_id.clone(), host, config.port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(config.keep_alive_seconds))
+            .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
+            .set_inflight(MAX_INFLIGHT);
+        match tls_configuration(config)? {
+            Some(tls) => {
+                options.set_transport(rumqttc::Transport::tls_with_config(tls));
+            }
+            None => {
+                warn!(peer = %peer, "MQTT without TLS: allowPlainTcp is set; use only with a local development broker");
+            }
+        }
+
+        // Room for a full window of publishes plus subscribes; callers queue
+        // only while connected, and back off when this fills.
+        let (client, mut eventloop) = AsyncClient::new(options, 2 * MAX_INFLIGHT as usize);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(config.connect_timeout_seconds);
+        eventloop.set_network_options(network);
+
+        let shared = Arc::new(Mutex::new(Shared {
+            connected: false,
+            last_error: None,
+            queued: VecDeque::new(),
+            inflight: HashMap::new(),
+            queued_subscribes: VecDeque::new(),
+            inflight_subscribes: HashMap::new(),
+            subscriptions: HashMap::new(),
+        }));
+        status.set_text("mqtt.state", "connecting");
+        info!(peer = %peer, client_id = %client_id, "MQTT connecting");
+        let task = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            shared.clone(),
+            peer.clone(),
+            status.clone(),
+        ));
+        Ok(MqttTransport {
+            client,
+            shared,
+            peer,
+            ack_timeout: Duration::from_secs(config.ack_timeout_seconds),
+            task: Mutex::new(Some(task)),
+            status,
+        })
+    }
+
+    /// Whether a session with the broker is up right now.
+    pub fn is_connected(&self) -> bool {
+        lock(&self.shared).connected
+    }
+
+    /// The last connection error, naming the broker, if the last attempt failed.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.shared).last_error.clone()
+    }
+
+    /// Waits until connected or `deadline` passed; returns whether connected.
+    pub async fn wait_connected(&self, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < until {
+            if self.is_connected() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.is_connected()
+    }
+
+    /// Disconnects and stops the connection task. Outstanding publishes fail
+    /// with `Unreachable`; their entries stay in the outbox.
+    pub async fn shutdown(&self) {
+        let _ = self.client.try_disconnect();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            // Give the DISCONNECT a moment to go out, then stop the task.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while !task.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            task.abort();
+        }
+        fail_all(&mut lock(&self.shared), "transport shut down");
+        self.status.set("mqtt.connected", 0);
+    }
+
+    fn unreachable(&self, reason: impl Into<String>) -> TransportError {
+        TransportError::Unreachable {
+            peer: self.peer.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn timeout(&self) -> TransportError {
+        TransportError::Timeout {
+            peer: self.peer.clone(),
+            seconds: self.ack_timeout.as_secs(),
+        }
+    }
+}
+
+impl Drop for MqttTransport {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Transport for MqttTransport {
+    async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), TransportError> {
+        if payload.len() + topic.len() + 8 > MAX_PACKET_BYTES {
+            return Err(TransportError::Refused {
+                peer: self.peer.clone(),
+                reason: format!(
+                    "a {} byte payload on {topic} exceeds the {MAX_PACKET_BYTES} byte packet limit",
+                    payload.len()
+                ),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut payload = Some(payload);
+        let receiver = loop {
+            {
+                let mut shared = lock(&self.shared);
+                if !shared.connected {
+                    let reason = shared
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "not connected yet".to_owned());
+                    return Err(self.unreachable(reason));
+                }
+                let body = payload.take().unwrap_or_default();
+                match self
+                    .client
+                    .try_publish(topic, QoS::AtLeastOnce, false, body)
+                {
+                    Ok(()) => {
+                        let (tx, rx) = oneshot::channel();
+                        shared.queued.push_back(tx);
+                        break rx;
+                    }
+                    Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)))
+                        if rumqttc::valid_topic(topic) =>
+                    {
+                        // The request queue is full: wait for room below.
+                        payload = Some(p.payload.to_vec());
+                    }
+                    Err(error) => {
+                        return Err(TransportError::Refused {
+                            peer: self.peer.clone(),
+                            reason: format!("cannot publish to {topic}: {error}"),
+                        });
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.timeout());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(self.unreachable(reason)),
+            Ok(Err(_)) => Err(self.unreachable("connection task stopped")),
+            Err(_) => Err(self.timeout()),
+        }
+    }
+
+    async fn subscribe(&self, filter: &str) -> Result<mpsc::Receiver<Message>, TransportError> {
+        if !rumqttc::valid_filter(filter) {
+            return Err(TransportError::Refused {
+                peer: self.peer.clone(),
+                reason: format!("invalid topic filter {filter}"),
+            });
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let waiter = {
+            let mut guard = lock(&self.shared);
+            let shared = &mut *guard;
+            let subscription = shared
+                .subscriptions
+                .entry(filter.to_owned())
+                .or_insert_with(|| Subscription {
+                    senders: Vec::new(),
+                    confirmed: false,
+                    requested: false,
+                    waiters: Vec::new(),
+                });
+            subscription.senders.push(tx);
+            if subscription.confirmed {
+                None
+            } else {
+                let (wtx, wrx) = oneshot::channel();
+                subscription.waiters.push(wtx);
+                if shared.connected && !subscription.requested {
+                    subscription.requested = true;
+                    request_subscribe(&self.client, &mut shared.queued_subscribes, filter);
+                }
+                Some(wrx)
+            }
+        };
+        let Some(waiter) = waiter else { return Ok(rx) };
+        match tokio::time::timeout(self.ack_timeout, waiter).await {
+            Ok(Ok(Ok(()))) => Ok(rx),
+            Ok(Ok(Err(reason))) => Err(TransportError::Refused {
+                peer: self.peer.clone(),
+                reason,
+            }),
+            Ok(Err(_)) => Err(self.unreachable("connection task stopped")),
+            Err(_) => match self.last_error() {
+                Some(reason) if !self.is_connected() => Err(self.unreachable(reason)),
+                _ => Err(self.timeout()),
+            },
+        }
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // Every critical section leaves the maps consistent before it can panic,
+    // so a poisoned lock is still usable.
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn request_subscribe(client: &AsyncClient, queued: &mut VecDeque<String>, filter: &str) {
+    match client.try_subscribe(filter, QoS::AtLeastOnce) {
+        Ok(()) => queued.push_back(filter.to_owned()),
+        // Only a full queue can fail here (the filter was validated); the next
+        // reconnect or subscribe call asks again.
+        Err(error) => warn!(filter, %error, "MQTT subscribe could not be queued"),
+    }
+}
+
+/// Fails every publish waiting for an id or an ack, and forgets queued
+/// subscribes; subscription waiters keep waiting for the next session.
+fn fail_all(shared: &mut Shared, reason: &str) {
+    for tx in shared.queued.drain(..) {
+        let _ = tx.send(Err(reason.to_owned()));
+    }
+    for (_, tx) in shared.inflight.drain() {
+        let _ = tx.send(Err(reason.to_owned()));
+    }
+    shared.queued_subscribes.clear();
+    shared.inflight_subscribes.clear();
+    for subscription in shared.subscriptions.values_mut() {
+        subscription.requested = false;
+    }
+}
+
+/// The connection task: polls rumqttc, pairs acknowledgements with waiters,
+/// dispatches incoming messages, and reconnects with backoff.
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    shared: Arc<Mutex<Shared>>,
+    peer: String,
+    status: Status,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
+                backoff.reset();
+                let mut guard = lock(&shared);
+                let shared = &mut *guard;
+                shared.connected = true;
+                shared.last_error = None;
+                status.set("mqtt.connected", 1);
+                status.add("mqtt.connects", 1);
+                status.set_text("mqtt.state", "connected");
+                info!(
+                    peer = %peer,
+                    session_present = connack.session_present,
+                    "MQTT connected"
+                );
+                for (filter, subscription) in shared.subscriptions.iter_mut() {
+                    // A fresh session lost every subscription on the broker.
+                    if !connack.session_present {
+                        subscription.confirmed = false;
+                    }
+                    if !subscription.confirmed && !subscription.requested {
+                        subscription.requested = true;
+                        request_subscribe(&client, &mut shared.queued_subscribes, filter);
+                        if !connack.session_present {
+                            status.add("mqtt.resubscribed", 1);
+                        }
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let mut shared = lock(&shared);
+                if let Some(tx) = shared.queued.pop_front() {
+                    shared.inflight.insert(pkid, tx);
+                }
+            }
+            Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                let tx = lock(&shared).inflight.remove(&ack.pkid);
+                if let Some(tx) = tx {
+                    status.add("mqtt.acknowledged", 1);
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
+                let mut shared = lock(&shared);
+                if let Some(filter) = shared.queued_subscribes.pop_front() {
+                    shared.inflight_subscribes.insert(pkid, filter);
+                }
+            }
+            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
+                let mut guard = lock(&shared);
+                let shared = &mut *guard;
+                let Some(filter) = shared.inflight_subscribes.remove(&ack.pkid) else {
+                    continue;
+                };
+                let refused = ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure));
+                if let Some(subscription) = shared.subscriptions.get_mut(&filter) {
+                    subscription.requested = false;
+                    subscription.confirmed = !refused;
+                    let result = if refused {
+                        warn!(peer = %peer, filter = %filter, "MQTT subscription refused");
+                        Err(format!("subscription to {filter} refused"))
+                    } else {
+                        debug!(peer = %peer, filter = %filter, "MQTT subscribed");
+                        Ok(())
+                    };
+                    for waiter in subscription.waiters.drain(..) {
+                        let _ = waiter.send(result.clone());
+                    }
+                }
+            }
+            Ok(Event::Incoming(Incoming::Publish(publish))) => {
+                let message = Message {
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.to_vec(),
+                };
+                let mut shared = lock(&shared);
+                for (filter, subscription) in shared.subscriptions.iter_mut() {
+                    if !topic_matches(&message.topic, filter) {
+                        continue;
+                    }
+                    subscription.senders.retain(|tx| !tx.is_closed());
+                    for tx in &subscription.senders {
+                        if tx.try_send(message.clone()).is_err() {
+                            status.add("mqtt.dropped_incoming", 1);
+                            warn!(topic = %message.topic, "MQTT subscriber is not keeping up: message dropped");
+                        }
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Our own shutdown: do not reconnect.
+                let mut shared = lock(&shared);
+                shared.connected = false;
+                fail_all(&mut shared, "transport shut down");
+                status.set("mqtt.connected", 0);
+                status.set_text("mqtt.state", "stopped");
+                info!(peer = %peer, "MQTT disconnected");
+                break;
+            }
+            Ok(_) => {}
+            Err(ConnectionError::RequestsDone) => {
+                // Every client handle is gone (shutdown): nothing left to do.
+                break;
+            }
+            Err(error) => {
+                let reason = describe(&error);
+                {
+                    let mut shared = lock(&shared);
+                    // rumqttc moved what was in flight or queued into its own
+                    // retransmission queue; the outbox owns retries, so drop
+                    // it here, under the lock callers queue with.
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    let was_connected = shared.connected;
+                    shared.connected = false;
+                    shared.last_error = Some(format!("{peer}: {reason}"));
+                    fail_all(&mut shared, &format!("connection to {peer} lost: {reason}"));
+                    if was_connected {
+                        status.set("mqtt.connected", 0);
+                    }
+                }
+                status.add("mqtt.connect_failures", 1);
+                status.set_text("mqtt.state", format!("disconnected: {reason}"));
+                let delay = backoff.next();
+                warn!(
+                    peer = %peer,
+                    error = %reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "MQTT connection failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// MQTT 3.1.1 §4.7: `+` and `#` match single and trailing levels, but a
+/// filter starting with a wildcard never matches a `$` topic. (rumqttc's own
+/// `matches` refuses every `$` topic, which would lose all `$aws/...` replies.)
+fn topic_matches(topic: &str, filter: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for f in filter.split('/') {
+        if f == "#" {
+            return true;
+        }
+        match levels.next() {
+            Some(t) if f == "+" || f == t => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
+}
+
+/// Names a connection error so that an operator sees which side refused.
+/// rustls errors reach us wrapped in several layers (TLS, I/O, MQTT state),
+/// so the text is inspected rather than the variant.
+fn describe(error: &ConnectionError) -> String {
+    let text = error.to_string();
+    if text.contains("received fatal alert") {
+        format!(
+            "TLS handshake refused by the broker (is our client certificate signed by a CA it trusts?): {text}"
+        )
+    } else if text.contains("invalid peer certificate") {
+        format!(
+            "TLS: the broker's certificate failed verification against publish.mqtt.rootCaFile: {text}"
+        )
+    } else if let ConnectionError::ConnectionRefused(code) = error {
+        format!("broker refused the connection: {code:?}")
+    } else if let ConnectionError::NetworkTimeout = error {
+        "connect timed out".to_owned()
+    } else {
+        text
+    }
+}
+
+/// Exponential backoff from 1 s to 60 s with ±25 % jitter.
+struct Backoff {
+    next: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(60);
+
+    fn new() -> Backoff {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id());
+        Backoff {
+            next: Self::FIRST,
+            seed: seed | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    fn next(&mut self) -> Duration {
+        // xorshift64: jitter needs spread between devices, not cryptography.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        let quarter = base.as_millis() as u64 / 4;
+        let jitter = self.seed % (2 * quarter + 1);
+        // Never below 1 s: IoT Core allows one CONNECT per second per client id.
+        (base - Duration::from_millis(quarter) + Duration::from_millis(jitter)).max(Self::FIRST)
+    }
+}
+
+/// Builds the rustls configuration: the root CA, the device certificate and
+/// key, ALPN for port 443. `None` for plain TCP (explicitly allowed only).
+fn tls_configuration(config: &MqttConfig) -> Result<Option<TlsConfiguration>, MqttError> {
+    let (Some(cert), Some(key), Some(ca)) = (
+        &config.certificate_file,
+        &config.private_key_file,
+        &config.root_ca_file,
+    ) else {
+        return Ok(None);
+    };
+    // Both rumqttc and aws-sdk may link rustls; without one default provider
+    // `ClientConfig::builder()` panics. Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_certs = read_certs("root CA", ca)?;
+    for c in ca_certs {
+        roots.add(c).map_err(|source| MqttError::Tls {
+            path: ca.clone(),
+            source,
+        })?;
+    }
+    let chain = read_certs("certificate", cert)?;
+    let key_pem = read("private key", key)?;
+    let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| MqttError::Pem {
+            what: "private key",
+            path: key.clone(),
+            expected: "PEM private key",
+        })?;
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, private_key)
+        .map_err(|source| MqttError::Tls {
+            path: cert.clone(),
+            source,
+        })?;
+    if config.alpn.unwrap_or(config.port == 443) {
+        tls.alpn_protocols = vec![AWS_IOT_ALPN.to_vec()];
+    }
+    Ok(Some(TlsConfiguration::Rustls(Arc::new(tls))))
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
+    std::fs::read(path).map_err(|source| MqttError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, MqttError> {
+    let pem = read(what, path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(MqttError::Pem {
+            what,
+            path: path.to_owned(),
+            expected: "PEM certificate",
+        });
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_never_below_one_second() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        for d in &delays {
+            assert!(
+                *d >= Duration::from_secs(1) && *d <= Duration::from_secs(75),
+                "{d:?}"
+            );
+        }
+        assert!(delays[5] >= Duration::from_secs(24), "{delays:?}");
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn topic_filters_match_like_the_broker() {
+        let cases = [
+            (
+                "$aws/things/t/defender/metrics/json/accepted",
+                "$aws/things/t/defender/metrics/json/accepted",
+                true,
+            ),
+            (
+                "$aws/things/t/defender/metrics/json/accepted",
+                "$aws/things/+/defender/metrics/json/+",
+                true,
+            ),
+            (
+                "$aws/things/t/defender/metrics/json/accepted",
+                "$aws/#",
+                true,
+            ),
+            ("$aws/things/t/defender/metrics/json/accepted", "#", false),
+            (
+                "$aws/things/t/defender/metrics/json/accepted",
+                "+/things/#",
+                false,
+            ),
+            (
+                "$aws/things/t/defender/metrics/json",
+                "$aws/things/t/defender/metrics/json/accepted",
+                false,
+            ),
+            ("a/b/c", "a/+", false),
+            ("a/b", "a/b/#", true),
+            ("a/b", "a/+", true),
+        ];
+        for (topic, filter, expected) in cases {
+            assert_eq!(
+                topic_matches(topic, filter),
+                expected,
+                "{topic} vs {filter}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_checks_name_the_key() {
+        let cases: [(MqttConfig, Option<&str>); 4] = [
+            (MqttConfig::default(), None),
+            (
+                MqttConfig {
+                    keep_alive_seconds: 10,
+                    ..MqttConfig::default()
+                },
+                Some("keepAliveSeconds"),
+            ),
+            (
+                MqttConfig {
+                    certificate_file: Some("a.pem".into()),
+                    ..MqttConfig::default()
+                },
+                Some("rootCaFile"),
+            ),
+            (
+                MqttConfig {
+                    endpoint: Some("broker".into()),
+                    ..MqttConfig::default()
+                },
+                Some("allowPlainTcp"),
+            ),
+        ];
+        for (config, expected) in cases {
+            match (config.check(), expected) {
+                (Ok(()), None) => {}
+                (Err(message), Some(key)) => assert!(message.contains(key), "{message}"),
+                (result, expected) => panic!("{result:?} but expected {expected:?}"),
+            }
+        }
+    }
+}

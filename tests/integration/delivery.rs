@@ -1,0 +1,1082 @@
+//! Delivery end to end: the durable outbox, the MQTT transport and the Device
+//! Defender protocol against a real mosquitto broker with mutual TLS, started
+//! on a free loopback port with certificates made here by openssl.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use defender_edge::publish::defender::{
+    DefenderConfig, DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome,
+    SupersededReport,
+};
+use defender_edge::publish::mqtt::{MqttConfig, MqttTransport};
+use defender_edge::publish::outbox::{Outbox, OutboxLimits};
+use defender_edge::publish::{Transport, TransportError};
+use defender_edge::report::Format;
+use defender_edge::status::Status;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration};
+use tokio::sync::mpsc;
+
+use crate::support::require_program;
+
+// ---------------------------------------------------------------- log capture
+
+/// Everything the library logs during this test binary, for assertions on
+/// warn lines. Tests tell their lines apart by their unique thing names.
+static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+#[derive(Clone, Copy)]
+struct LogSink;
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_writer(|| LogSink)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .try_init();
+    });
+}
+
+fn all_logs() -> String {
+    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&logs).into_owned()
+}
+
+/// Log lines that contain every one of `needles`.
+fn log_lines(needles: &[&str]) -> Vec<String> {
+    let logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .map(str::to_owned)
+        .collect()
+}
+
+// ------------------------------------------------------------ certificates
+
+/// A throwaway PKI: a CA that signs the broker and the clients, and a rogue
+/// CA that signs a client the broker must refuse.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let openssl = require_program("openssl", "openssl");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // mosquitto started as root drops to the `mosquitto` user, which must
+        // still read the key files of this throwaway PKI.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let pki = Pki { dir };
+        for ca in ["ca", "rogue-ca"] {
+            pki.openssl(
+                &openssl,
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={ca}"),
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.crt"),
+                ],
+            );
+        }
+        std::fs::write(
+            pki.path("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        )
+        .expect("write ext");
+        std::fs::write(pki.path("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write ext");
+        for (name, ca, ext) in [
+            ("server", "ca", "server.ext"),
+            ("device", "ca", "client.ext"),
+            ("observer", "ca", "client.ext"),
+            ("impostor", "rogue-ca", "client.ext"),
+        ] {
+            pki.openssl(
+                &openssl,
+                &[
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            );
+            pki.openssl(
+                &openssl,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    &format!("{ca}.crt"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-extfile",
+                    ext,
+                ],
+            );
+        }
+        for entry in std::fs::read_dir(pki.dir.path()).expect("list") {
+            let path = entry.expect("entry").path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        }
+        pki
+    }
+
+    fn openssl(&self, openssl: &Path, args: &[&str]) {
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The device's MQTT settings: `client` names its certificate, `ca` the
+    /// root CA it trusts for the broker.
+    fn mqtt(&self, port: u16, client: &str, ca: &str) -> MqttConfig {
+        MqttConfig {
+            endpoint: Some("localhost".to_owned()),
+            port,
+            client_id: None,
+            certificate_file: Some(self.path(&format!("{client}.crt"))),
+            private_key_file: Some(self.path(&format!("{client}.key"))),
+            root_ca_file: Some(self.path(&format!("{ca}.crt"))),
+            alpn: None,
+            keep_alive_seconds: 30,
+            ack_timeout_seconds: 3,
+            connect_timeout_seconds: 3,
+            allow_plain_tcp: false,
+        }
+    }
+}
+
+// ------------------------------------------------------------------ broker
+
+/// A mosquitto with mutual TLS on a free loopback port.
+struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// `persistent`: the broker keeps sessions across its own restarts.
+    fn start(pki: &Pki, persistent: bool) -> Broker {
+        let program = require_program("mosquitto", "mosquitto");
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let conf = format!(
+            "listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+             require_certificate true\nuse_identity_as_username true\n\
+             persistence {persistent}\npersistence_location {db}/\nlog_type all\n",
+            ca = pki.path("ca.crt").display(),
+            cert = pki.path("server.crt").display(),
+            key = pki.path("server.key").display(),
+            db = dir.path().display(),
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write conf");
+        let mut broker = Broker {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn(&program);
+        broker
+    }
+
+    fn spawn(&mut self, program: &Path) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("log file");
+        let child = Command::new(program)
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(log.try_clone().expect("clone"))
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("mosquitto exited ({status}): {}", self.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "mosquitto did not listen: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker with SIGTERM (it saves its sessions when persistent).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.spawn(&require_program("mosquitto", "mosquitto"));
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on the pid of a child this test spawned.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+// ---------------------------------------------------------------- observer
+
+/// A test client standing in for AWS IoT Core's side: it sees what the device
+/// publishes and sends fake `accepted` / `rejected` replies.
+struct Observer {
+    client: AsyncClient,
+    messages: mpsc::UnboundedReceiver<(String, Vec<u8>, Instant)>,
+    subscribed: Arc<Mutex<u32>>,
+}
+
+impl Observer {
+    /// Connects as `observer` with a persistent session and subscribes to
+    /// `filter` after every connect.
+    async fn start(pki: &Pki, port: u16, filter: &str) -> Observer {
+        capture_logs();
+        let read = |name: &str| std::fs::read(pki.path(name)).expect("read pki file");
+        let mut options = MqttOptions::new("observer", "localhost", port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(256 * 1024, 256 * 1024)
+            .set_transport(rumqttc::Transport::tls_with_config(
+                TlsConfiguration::Simple {
+                    ca: read("ca.crt"),
+                    alpn: None,
+                    client_auth: Some((read("observer.crt"), read("observer.key"))),
+                },
+            ));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (tx, messages) = mpsc::unbounded_channel();
+        let subscribed = Arc::new(Mutex::new(0u32));
+        let counter = subscribed.clone();
+        let sub_client = client.clone();
+        let filter = filter.to_owned();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        let _ = sub_client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                        *counter.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        let _ = tx.send((p.topic.clone(), p.payload.to_vec(), Instant::now()));
+                    }
+                    Ok(_) => {}
+                    Err(rumqttc::ConnectionError::RequestsDone) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        let observer = Observer {
+            client,
+            messages,
+            subscribed,
+        };
+        observer.wait_subscribed(1).await;
+        observer
+    }
+
+    async fn wait_subscribed(&self, times: u32) {
+        wait_for(&format!("observer subscribed {times} times"), || {
+            *self.subscribed.lock().unwrap_or_else(|p| p.into_inner()) >= times
+        })
+        .await;
+    }
+
+    async fn next(&mut self, within: Duration) -> Option<(String, Vec<u8>, Instant)> {
+        tokio::time::timeout(within, self.messages.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next message, or a failure that shows the library's log.
+    async fn expect_next(&mut self, what: &str) -> (String, Vec<u8>, Instant) {
+        match self.next(Duration::from_secs(15)).await {
+            Some(m) => m,
+            None => panic!("no {what} arrived at the broker; log:\n{}", all_logs()),
+        }
+    }
+
+    async fn reply(&self, topic: String, body: serde_json::Value) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, body.to_string())
+            .await
+            .expect("observer publishes");
+    }
+}
+
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        if Instant::now() >= until {
+            panic!("timed out waiting for {what}; log:\n{}", all_logs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ----------------------------------------------------------------- device
+
+/// A Device Defender publisher over MQTT, as `run` wires it.
+struct Device {
+    transport: Arc<MqttTransport>,
+    handle: DefenderHandle,
+    task: tokio::task::JoinHandle<()>,
+    status: Status,
+    superseded: Arc<Mutex<Vec<u64>>>,
+}
+
+struct DeviceSetup<'a> {
+    thing: &'a str,
+    mqtt: MqttConfig,
+    state_dir: &'a Path,
+    min_interval_seconds: u64,
+    reply_timeout_seconds: u64,
+}
+
+impl Device {
+    async fn start(setup: DeviceSetup<'_>) -> Device {
+        capture_logs();
+        let status = Status::new();
+        let transport = Arc::new(
+            MqttTransport::start(&setup.mqtt, setup.thing, status.clone()).expect("mqtt starts"),
+        );
+        let outbox = Outbox::open(
+            &setup.state_dir.join("outbox"),
+            OutboxLimits::default(),
+            "outbox",
+            status.clone(),
+        )
+        .expect("outbox opens");
+        let superseded = Arc::new(Mutex::new(Vec::new()));
+        let sink = superseded.clone();
+        let options = DefenderOptions {
+            thing_name: setup.thing.to_owned(),
+            format: Format::Json,
+            state_dir: setup.state_dir.to_owned(),
+            config: DefenderConfig {
+                enabled: true,
+                min_interval_seconds: setup.min_interval_seconds,
+                reply_timeout_seconds: setup.reply_timeout_seconds,
+            },
+            on_superseded: Some(Arc::new(move |r: SupersededReport| {
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(r.report_id)
+            })),
+        };
+        let (handle, task) =
+            DefenderPublisher::start(transport.clone(), outbox, options, status.clone())
+                .await
+                .expect("publisher starts");
+        Device {
+            transport,
+            handle,
+            task,
+            status,
+            superseded,
+        }
+    }
+
+    fn superseded(&self) -> Vec<u64> {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn stop(self) {
+        self.handle.shutdown().await;
+        let _ = self.task.await;
+        self.transport.shutdown().await;
+    }
+
+    /// A crash: the task is torn down without a clean shutdown.
+    async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.transport.shutdown().await;
+    }
+
+    async fn wait_counter(&self, name: &str, at_least: u64) {
+        wait_for(&format!("{name} >= {at_least}"), || {
+            self.status.number(name) >= at_least
+        })
+        .await;
+    }
+}
+
+fn report(thing: &str, id: u64) -> Vec<u8> {
+    serde_json::json!({
+        "header": {"report_id": id, "version": "1.0"},
+        "metrics": {"listening_tcp_ports": {"ports": [{"port": 22, "interface": "eth0"}], "total": 1}},
+        "custom_metrics": {"thing_tag": [{"string_list": [thing]}]},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn report_id_of(payload: &[u8]) -> u64 {
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("report is JSON");
+    value["header"]["report_id"].as_u64().expect("report_id")
+}
+
+fn topic(thing: &str) -> String {
+    format!("$aws/things/{thing}/defender/metrics/json")
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_arrive_and_replies_are_counted() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-replies";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 2,
+    })
+    .await;
+    assert!(
+        !log_lines(&["WARN", "minIntervalSeconds is below"]).is_empty(),
+        "lowering the floor is warned about"
+    );
+
+    let replies = [
+        serde_json::json!({"thingName": thing, "reportId": 1, "status": "ACCEPTED", "timestamp": 1}),
+        serde_json::json!({"thingName": thing, "reportId": 2, "status": "REJECTED", "timestamp": 1,
+            "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": "Malformed metrics report"}}),
+    ];
+    for id in 1..=3u64 {
+        device
+            .handle
+            .submit(id, report(thing, id))
+            .await
+            .expect("submit");
+        let (t, payload, _) = observer.expect_next("report arrives at the broker").await;
+        assert_eq!(t, topic(thing));
+        assert_eq!(payload, report(thing, id), "the report decodes unchanged");
+        assert_eq!(report_id_of(&payload), id);
+        match id {
+            1 => {
+                observer
+                    .reply(format!("{t}/accepted"), replies[0].clone())
+                    .await
+            }
+            2 => {
+                observer
+                    .reply(format!("{t}/rejected"), replies[1].clone())
+                    .await
+            }
+            _ => {} // Report 3 stays unanswered.
+        }
+        device.wait_counter("defender.sent", id).await;
+    }
+    device.wait_counter("defender.accepted", 1).await;
+    device.wait_counter("defender.rejected", 1).await;
+    device.wait_counter("defender.timed_out", 1).await;
+    assert_eq!(device.status.number("defender.sent"), 3);
+    assert_eq!(device.status.number("defender.accepted"), 1);
+    assert_eq!(device.status.number("defender.rejected"), 1);
+    assert_eq!(device.status.number("defender.timed_out"), 1);
+    assert_eq!(device.status.number("outbox.depth"), 0);
+    let warned = log_lines(&["WARN", "Device Defender rejected report", thing]);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].contains("InvalidPayload") && warned[0].contains("Malformed metrics report"),
+        "{}",
+        warned[0]
+    );
+    assert_eq!(
+        device.handle.flush(Duration::from_secs(1)).await,
+        FlushOutcome::Acknowledged
+    );
+    device.stop().await;
+}
+
+/// The floor holds between publishes and across a restart; older waiting
+/// reports are superseded and handed to the hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_floor_holds_across_restarts_and_backlog_is_superseded() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-floor";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let setup = || DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 3,
+        reply_timeout_seconds: 60,
+    };
+    let device = Device::start(setup()).await;
+    device
+        .handle
+        .submit(1, report(thing, 1))
+        .await
+        .expect("submit");
+    let (_, first, first_at) = observer.expect_next("first").await;
+    assert_eq!(report_id_of(&first), 1);
+    device.wait_counter("defender.sent", 1).await;
+    for id in 2..=3 {
+        device
+            .handle
+            .submit(id, report(thing, id))
+            .await
+            .expect("submit");
+    }
+    let (_, second, second_at) = observer.expect_next("second").await;
+    assert_eq!(report_id_of(&second), 3, "the newest report goes next");
+    assert!(
+        second_at - first_at >= Duration::from_millis(2900),
+        "publishes {:?} apart",
+        second_at - first_at
+    );
+    assert_eq!(
+        device.superseded(),
+        vec![2],
+        "the older report goes to the hook"
+    );
+    assert_eq!(device.status.number("defender.superseded"), 1);
+    assert!(!log_lines(&["WARN", "report superseded", "report_id=2"]).is_empty());
+    device.stop().await;
+    let stopped_at = Instant::now();
+
+    // A restart (say, after a configuration change) must not publish early.
+    let device = Device::start(setup()).await;
+    device
+        .handle
+        .submit(4, report(thing, 4))
+        .await
+        .expect("submit");
+    assert_eq!(
+        device.handle.flush(Duration::from_millis(200)).await,
+        FlushOutcome::QueuedInOutbox,
+        "the floor keeps the report queued"
+    );
+    let (_, fourth, fourth_at) = observer.expect_next("fourth").await;
+    assert_eq!(report_id_of(&fourth), 4);
+    assert!(
+        fourth_at - second_at >= Duration::from_millis(2900),
+        "restart published {:?} after the previous report (stopped {:?} after it)",
+        fourth_at - second_at,
+        stopped_at - second_at
+    );
+    device.stop().await;
+}
+
+/// The broker goes away mid-stream and comes back with the sessions it saved:
+/// every report reaches it or the superseded hook, in order, none more than
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let pki = Pki::new();
+    let mut broker = Broker::start(&pki, true);
+    let thing = "dd-restart";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    assert!(
+        device
+            .transport
+            .wait_connected(Duration::from_secs(10))
+            .await
+    );
+
+    let total = 30u64;
+    for id in 1..=total {
+        if id == 10 {
+            broker.stop();
+        }
+        if id == 20 {
+            broker.restart();
+        }
+        device
+            .handle
+            .submit(id, report(thing, id))
+            .await
+            .expect("submit");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        device.handle.flush(Duration::from_secs(30)).await,
+        FlushOutcome::Acknowledged,
+        "the outbox drains once the broker is back"
+    );
+    // Give the observer a moment for the last delivery.
+    let mut received = Vec::new();
+    while let Some((_, payload, _)) = observer.next(Duration::from_secs(2)).await {
+        received.push(report_id_of(&payload));
+    }
+    assert!(
+        received.windows(2).all(|w| w[0] <= w[1]),
+        "reports arrive in order: {received:?}"
+    );
+    for id in &received {
+        assert!(
+            received.iter().filter(|r| *r == id).count() <= 2,
+            "report {id} arrived more than twice: {received:?}"
+        );
+    }
+    let superseded = device.superseded();
+    eprintln!("received {received:?}, superseded {superseded:?}");
+    let mut all: Vec<u64> = received.iter().chain(superseded.iter()).copied().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(
+        all,
+        (1..=total).collect::<Vec<_>>(),
+        "received {received:?}, superseded {superseded:?}"
+    );
+    assert!(
+        device.status.number("defender.publish_failures") >= 1,
+        "the outage was noticed"
+    );
+    assert!(
+        device.status.number("mqtt.connects") >= 2,
+        "the transport reconnected"
+    );
+    assert_eq!(
+        received.last(),
+        Some(&total),
+        "the newest report reached the broker"
+    );
+    device.stop().await;
+}
+
+/// After the broker lost our session (no persistence), the transport
+/// subscribes again, so replies still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_session_resubscribes_to_replies() {
+    let pki = Pki::new();
+    let mut broker = Broker::start(&pki, false);
+    let thing = "dd-resubscribe";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    device.wait_counter("mqtt.connects", 1).await;
+    broker.restart();
+    device.wait_counter("mqtt.connects", 2).await;
+    device.wait_counter("mqtt.resubscribed", 2).await;
+    observer.wait_subscribed(2).await;
+    // Wait for the SUBACKs of the new session before a reply is sent.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    device
+        .handle
+        .submit(7, report(thing, 7))
+        .await
+        .expect("submit");
+    let (t, payload, _) = observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), 7);
+    observer
+        .reply(
+            format!("{t}/accepted"),
+            serde_json::json!({"thingName": thing, "reportId": 7, "status": "ACCEPTED", "timestamp": 1}),
+        )
+        .await;
+    device.wait_counter("defender.accepted", 1).await;
+    device.stop().await;
+}
+
+/// Reports stored while the broker is unreachable survive a crash of the
+/// publisher and go out after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_publisher_keeps_unsent_reports() {
+    let pki = Pki::new();
+    let mut broker = Broker::start(&pki, false);
+    let thing = "dd-crash";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    broker.stop();
+    let state = tempfile::tempdir().expect("tempdir");
+    let port = broker.port;
+    let setup = || DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    };
+    let device = Device::start(setup()).await;
+    for id in 1..=3 {
+        device
+            .handle
+            .submit(id, report(thing, id))
+            .await
+            .expect("submit");
+    }
+    assert_eq!(device.status.number("outbox.depth"), 3);
+    device.crash().await;
+
+    broker.restart();
+    observer.wait_subscribed(2).await;
+    let device = Device::start(setup()).await;
+    assert_eq!(
+        device.status.number("outbox.depth"),
+        3,
+        "all three survived"
+    );
+    let (_, payload, _) = observer.expect_next("report").await;
+    assert_eq!(
+        report_id_of(&payload),
+        3,
+        "the newest goes to Device Defender"
+    );
+    device.wait_counter("defender.sent", 1).await;
+    assert_eq!(
+        device.superseded(),
+        vec![1, 2],
+        "the older ones go to the hook"
+    );
+    assert_eq!(device.status.number("defender.superseded"), 2);
+    assert_eq!(
+        device.handle.flush(Duration::from_secs(5)).await,
+        FlushOutcome::Acknowledged
+    );
+    device.stop().await;
+}
+
+/// A broker that refuses our certificate, and a broker we do not trust: a
+/// clear error naming the broker, retries with backoff, the report kept; with
+/// the right settings the same outbox delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_fail_clearly_and_lose_nothing() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-bad-peers";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let peer = format!("MQTT broker localhost:{}", broker.port);
+
+    // (client certificate, CA we trust, what the error must say)
+    let cases = [
+        ("impostor", "ca", "TLS"),
+        ("device", "rogue-ca", "certificate"),
+    ];
+    for (client, ca, says) in cases {
+        let device = Device::start(DeviceSetup {
+            thing,
+            mqtt: pki.mqtt(broker.port, client, ca),
+            state_dir: state.path(),
+            min_interval_seconds: 0,
+            reply_timeout_seconds: 60,
+        })
+        .await;
+        device.wait_counter("mqtt.connect_failures", 2).await;
+        let error = device.transport.last_error().expect("a connection error");
+        assert!(error.contains(&peer), "{error}");
+        assert!(error.contains(says), "{client}/{ca}: {error}");
+        let published = device
+            .transport
+            .publish(&topic(thing), b"{}".to_vec())
+            .await;
+        match published {
+            Err(TransportError::Unreachable { peer: p, reason }) => {
+                assert_eq!(p, peer);
+                assert!(reason.contains(says), "{reason}");
+            }
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        assert_eq!(device.status.number("mqtt.connected"), 0);
+        assert!(!log_lines(&["WARN", "MQTT connection failed; retrying", &peer]).is_empty());
+        if client == "impostor" {
+            device
+                .handle
+                .submit(1, report(thing, 1))
+                .await
+                .expect("submit");
+        }
+        assert_eq!(
+            device.status.number("outbox.depth"),
+            1,
+            "the report is kept"
+        );
+        device.stop().await;
+    }
+
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    let (_, payload, _) = observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), 1);
+    device.wait_counter("defender.sent", 1).await;
+    assert_eq!(device.status.number("outbox.depth"), 0);
+    device.stop().await;
+}
+
+/// A payload over rumqttc's default 10 KiB limit passes; a publish resolves
+/// only on the PUBACK (a frozen broker makes it time out, not succeed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_pass_and_publish_waits_for_puback() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let mut observer = Observer::start(&pki, broker.port, "large/#").await;
+    capture_logs();
+    let transport = MqttTransport::start(
+        &pki.mqtt(broker.port, "device", "ca"),
+        "dd-large",
+        Status::new(),
+    )
+    .expect("mqtt starts");
+    assert!(transport.wait_connected(Duration::from_secs(10)).await);
+    let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    transport
+        .publish("large/report", big.clone())
+        .await
+        .expect("a 100 KiB payload is acknowledged");
+    let (_, received, _) = observer.expect_next("arrives").await;
+    assert_eq!(received, big);
+
+    broker.signal(libc::SIGSTOP);
+    let frozen = transport.publish("large/report", b"x".to_vec()).await;
+    broker.signal(libc::SIGCONT);
+    assert!(
+        matches!(frozen, Err(TransportError::Timeout { .. })),
+        "no PUBACK, no success: {frozen:?}"
+    );
+    transport.shutdown().await;
+}
+
+/// A report the transport refuses for good (over the 128 KB packet limit) is
+/// handed to the hook and counted, not retried in front of newer reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_report_is_handed_on_not_retried() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-refused";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    device
+        .handle
+        .submit(1, vec![b' '; 200 * 1024])
+        .await
+        .expect("submit");
+    device.wait_counter("defender.refused", 1).await;
+    assert_eq!(device.superseded(), vec![1]);
+    device
+        .handle
+        .submit(2, report(thing, 2))
+        .await
+        .expect("submit");
+    let (_, payload, _) = observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), 2);
+    assert!(!log_lines(&["WARN", "report refused by the transport", "report_id=1"]).is_empty());
+    device.stop().await;
+}
+
+// ------------------------------------------------------- crash of a process
+
+/// Environment variable that turns [`outbox_writer_child`] into the child
+/// process of [`kill_9_keeps_every_pushed_entry`].
+const CHILD_DIR: &str = "DEFENDER_EDGE_OUTBOX_CHILD_DIR";
+
+/// The child half of `kill_9_keeps_every_pushed_entry`: pushes entries as fast
+/// as it can and prints each id once `push` returned. Run alone (without the
+/// variable) it checks that the writer loop works for a few entries.
+#[test]
+fn outbox_writer_child() {
+    let child = std::env::var_os(CHILD_DIR);
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (dir, count) = match &child {
+        Some(dir) => (PathBuf::from(dir), u64::MAX),
+        None => (scratch.path().to_owned(), 5),
+    };
+    let mut outbox =
+        Outbox::open(&dir, OutboxLimits::default(), "outbox", Status::new()).expect("open");
+    let stdout = std::io::stdout();
+    for i in 0..count {
+        let id = outbox
+            .push(format!("entry {i} {}", "x".repeat((i % 200) as usize)).as_bytes())
+            .expect("push");
+        if child.is_some() {
+            writeln!(stdout.lock(), "durable {}", id.0).expect("stdout");
+        }
+    }
+    assert_eq!(outbox.depth(), 5);
+}
+
+/// `kill -9` a process in the middle of pushing: every entry it was told is
+/// durable is there after reopening, in order, and the log stays usable.
+#[test]
+fn kill_9_keeps_every_pushed_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "delivery::outbox_writer_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("child starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut durable = Vec::new();
+    while durable.len() < 300 {
+        let line = lines.next().expect("child is writing").expect("line");
+        if let Some(id) = line.strip_prefix("durable ") {
+            durable.push(id.parse::<u64>().expect("id"));
+        }
+    }
+    // SAFETY: kill(2) on the pid of a child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    // Ids the child printed after we stopped reading are durable too.
+    for line in lines.map_while(Result::ok) {
+        if let Some(id) = line.strip_prefix("durable ") {
+            durable.push(id.parse::<u64>().expect("id"));
+        }
+    }
+
+    let status = Status::new();
+    let mut outbox =
+        Outbox::open(dir.path(), OutboxLimits::default(), "outbox", status).expect("reopen");
+    let pending: Vec<u64> = outbox.pending().iter().map(|e| e.0).collect();
+    assert!(pending.windows(2).all(|w| w[0] < w[1]), "in order");
+    for id in &durable {
+        assert!(
+            pending.contains(id),
+            "entry {id} was reported durable but is gone"
+        );
+    }
+    for id in &pending {
+        let payload = outbox
+            .read(defender_edge::publish::outbox::EntryId(*id))
+            .expect("reads");
+        assert!(payload.starts_with(b"entry "));
+    }
+    let next = outbox.push(b"after the crash").expect("push");
+    assert!(next.0 > *pending.last().expect("entries"));
+}
