@@ -123,6 +123,7 @@ impl Config {
     /// Checks that go beyond the shape of the document.
     fn check(&self) -> Result<(), String> {
         self.report.check()?;
+        self.publish.check()?;
         Ok(())
     }
 }
@@ -195,21 +196,78 @@ pub mod lenient {
         }
     }
 
+    /// A `u16` given as a number or a string (ports).
+    pub fn u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        let n = to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)?;
+        u16::try_from(n).map_err(|_| D::Error::custom(format!("{n} is above 65535")))
+    }
+
+    /// An optional `bool`: `null`, an absent key or `""` mean "not set",
+    /// because a Greengrass recipe cannot leave a key out of an interpolated
+    /// string and renders an unset value as empty.
+    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Text(s)) if s.trim().is_empty() => Ok(None),
+            Some(raw) => to_bool(raw).map(Some).map_err(D::Error::custom),
+        }
+    }
+
     /// A `bool` given as a boolean or the strings `"true"`/`"false"`.
     pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        match Raw::deserialize(d)? {
+        to_bool(Raw::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    fn to_bool(raw: Raw) -> Result<bool, String> {
+        match raw {
             Raw::Bool(b) => Ok(b),
             Raw::Text(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
             Raw::Text(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-            Raw::Text(s) => Err(D::Error::custom(format!(
-                "expected true or false, found \"{s}\""
-            ))),
-            Raw::Int(n) => Err(D::Error::custom(format!(
-                "expected true or false, found {n}"
-            ))),
-            Raw::Float(f) => Err(D::Error::custom(format!(
-                "expected true or false, found {f}"
-            ))),
+            Raw::Text(s) => Err(format!("expected true or false, found \"{s}\"")),
+            Raw::Int(n) => Err(format!("expected true or false, found {n}")),
+            Raw::Float(f) => Err(format!("expected true or false, found {f}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greengrass_rendered_values_are_accepted() {
+        let config = Config::from_json(
+            r#"{"publish": {"mqtt": {"port": "443", "alpn": ""}}}"#,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(config.publish.mqtt.port, 443);
+        assert_eq!(config.publish.mqtt.alpn, None);
+        let config = Config::from_json(r#"{"publish": {"mqtt": {"alpn": null}}}"#, "test").unwrap();
+        assert_eq!(config.publish.mqtt.alpn, None);
+        let config =
+            Config::from_json(r#"{"publish": {"mqtt": {"alpn": "true"}}}"#, "test").unwrap();
+        assert_eq!(config.publish.mqtt.alpn, Some(true));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (text, key) in [
+            (
+                r#"{"publish": {"mqtt": {"port": "70000"}}}"#,
+                "publish.mqtt.port",
+            ),
+            (
+                r#"{"publish": {"mqtt": {"alpn": "maybe"}}}"#,
+                "publish.mqtt.alpn",
+            ),
+            (
+                r#"{"publish": {"firehose": {"enabled": true}}}"#,
+                "publish.firehose.deliveryStream",
+            ),
+        ] {
+            let error = Config::from_json(text, "test").unwrap_err().to_string();
+            assert!(error.contains(key), "{text}: {error}");
         }
     }
 }

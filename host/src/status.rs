@@ -228,9 +228,9 @@ mod tests {
         let table = render_table(&status.snapshot(1_767_225_600_000), 1_767_225_630_000);
         let expected = format!(
             "defender-edge status (pid {}, updated 2026-01-01 00:00:00 UTC, 30 s ago)\n\n\
-             collect\n  samples                   3\n\n\
-             outbox\n  depth                     0\n\n\
-             plugin\n  port-allowlist.state      running\n",
+             collect\n  samples               3\n\n\
+             outbox\n  depth                 0\n\n\
+             plugin\n  port-allowlist.state  running\n",
             std::process::id()
         );
         assert_eq!(table, expected);

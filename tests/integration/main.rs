@@ -3,9 +3,10 @@
 mod cli;
 mod collect;
 mod delivery;
+#[cfg(feature = "firehose")]
+mod firehose;
+mod ipc;
 mod plugins;
 mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
-
-mod ipc;

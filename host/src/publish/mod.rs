@@ -6,6 +6,7 @@
 //! outbox sit above them and know nothing of sockets.
 
 pub mod defender;
+pub mod firehose;
 pub mod ipc;
 pub mod mqtt;
 pub mod outbox;
@@ -58,6 +59,8 @@ pub trait Transport: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct PublishConfig {
+    /// SIEM events to Splunk through Amazon Data Firehose.
+    pub firehose: firehose::FirehoseConfig,
     /// Greengrass IPC client settings.
     pub ipc: ipc::IpcConfig,
     /// Which transport carries Device Defender reports.
@@ -75,6 +78,7 @@ impl PublishConfig {
     pub fn check(&self) -> Result<(), String> {
         self.mqtt.check()?;
         self.outbox.check("publish.outbox")?;
+        self.firehose.check()?;
         if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
             return Err(
                 "key `publish.mqtt.endpoint`: required when `publish.transport` is `mqtt`"

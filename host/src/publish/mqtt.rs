@@ -55,6 +55,7 @@ pub struct MqttConfig {
     /// Broker host name, e.g. `abc123-ats.iot.eu-west-1.amazonaws.com`.
     pub endpoint: Option<String>,
     /// 8883 (MQTT over TLS) or 443 (with ALPN `x-amzn-mqtt-ca`).
+    #[serde(deserialize_with = "crate::config::lenient::u16")]
     pub port: u16,
     /// MQTT client id; defaults to the thing name. Must stay stable: IoT Core
     /// ties the persistent session to it.
@@ -66,7 +67,7 @@ pub struct MqttConfig {
     /// PEM file with the root CA(s) that signed the broker's certificate.
     pub root_ca_file: Option<PathBuf>,
     /// Sends ALPN `x-amzn-mqtt-ca`; defaults to on for port 443 only.
-    #[serde(deserialize_with = "lenient_opt_bool")]
+    #[serde(deserialize_with = "crate::config::lenient::opt_bool")]
     pub alpn: Option<bool>,
     /// MQTT keep-alive, 30 to 1200 seconds.
     #[serde(deserialize_with = "crate::config::lenient::u64")]
@@ -81,10 +82,6 @@ pub struct MqttConfig {
     /// development brokers only; logged at warn.
     #[serde(deserialize_with = "crate::config::lenient::bool")]
     pub allow_plain_tcp: bool,
-}
-
-fn lenient_opt_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    crate::config::lenient::bool(d).map(Some)
 }
 
 impl Default for MqttConfig {
