@@ -123,6 +123,7 @@ impl Config {
     /// Checks that go beyond the shape of the document.
     fn check(&self) -> Result<(), String> {
         self.report.check()?;
+        self.detection.check()?;
         self.publish.check()?;
         Ok(())
     }
