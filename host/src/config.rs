@@ -122,9 +122,14 @@ impl Config {
 
     /// Checks that go beyond the shape of the document.
     fn check(&self) -> Result<(), String> {
-        self.report.check()?;
+        self.report
+            .check(self.publish.device_defender.min_interval_seconds)?;
         self.detection.check()?;
         self.publish.check()?;
+        if let Some(name) = &self.thing_name {
+            crate::report::validate::thing_name(name)
+                .map_err(|reason| format!("key `thingName`: {reason}"))?;
+        }
         Ok(())
     }
 }

@@ -99,7 +99,9 @@ pub struct ReportConfig {
     /// The encoded report's size budget in bytes; over it, entries are trimmed.
     #[serde(deserialize_with = "crate::config::lenient::usize")]
     pub max_bytes: usize,
-    /// Seconds between reports; at least 300.
+    /// Seconds between reports; at least 300 (or, for test and local
+    /// brokers, `publish.deviceDefender.minIntervalSeconds` when that is
+    /// lowered).
     #[serde(deserialize_with = "crate::config::lenient::u64")]
     pub interval_seconds: u64,
 }
@@ -115,12 +117,23 @@ impl Default for ReportConfig {
 }
 
 impl ReportConfig {
-    pub(crate) fn check(&self) -> Result<(), String> {
-        if self.interval_seconds < MIN_INTERVAL_SECONDS {
-            return Err(format!(
-                "key `report.intervalSeconds`: {} is below Device Defender's minimum of {MIN_INTERVAL_SECONDS} seconds",
-                self.interval_seconds
-            ));
+    /// `publish_floor` is `publish.deviceDefender.minIntervalSeconds`: a
+    /// report interval may go below Device Defender's 300 s only as far as
+    /// the publish floor was lowered on purpose (tests, local brokers).
+    pub(crate) fn check(&self, publish_floor: u64) -> Result<(), String> {
+        let minimum = MIN_INTERVAL_SECONDS.min(publish_floor).max(1);
+        if self.interval_seconds < minimum {
+            return Err(if minimum == MIN_INTERVAL_SECONDS {
+                format!(
+                    "key `report.intervalSeconds`: {} is below Device Defender's minimum of {MIN_INTERVAL_SECONDS} seconds",
+                    self.interval_seconds
+                )
+            } else {
+                format!(
+                    "key `report.intervalSeconds`: {} is below publish.deviceDefender.minIntervalSeconds ({minimum})",
+                    self.interval_seconds
+                )
+            });
         }
         if self.max_bytes < 1024 {
             return Err(format!(
