@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod publish;
 pub mod report;
+pub mod run;
 pub mod sample;
 pub mod signals;
 pub mod state;

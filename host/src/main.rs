@@ -1,7 +1,7 @@
 //! The `defender-edge` command line: parse, load configuration, wire the
 //! pipeline, map outcomes to exit codes. No logic of its own.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,8 +10,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use defender_edge::config::Config;
+use defender_edge::publish::ipc::{ComponentState, IpcClient, IpcConfig, IpcEndpoint, IpcOptions};
 use defender_edge::report::Format;
-use defender_edge::{pipeline, status};
+use defender_edge::status::Status;
+use defender_edge::{pipeline, run, status};
 
 /// On-device security monitor for AWS IoT Greengrass fleets.
 ///
@@ -105,6 +107,10 @@ struct RunArgs {
     /// State directory (overrides stateDir).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// With --once: seconds to wait for the transport's acknowledgement
+    /// before leaving the report in the outbox (exit status 3).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    wait: u64,
 }
 
 /// Show the counters of the running (or last) `run`, from its state directory.
@@ -146,15 +152,46 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     }
 }
 
-fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Changes the log filter after start, when the configuration arrives later
+/// (over Greengrass IPC). `RUST_LOG` still wins.
+struct LogLevel(Option<Box<dyn Fn(&str)>>);
+
+impl LogLevel {
+    fn set_level(&self, level: &str) {
+        if let Some(set) = &self.0 {
+            set(level);
+        }
+    }
+}
+
+fn init_logging(default_level: &str) -> LogLevel {
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let fixed = from_env.is_some();
+    let filter = from_env
+        .or_else(|| tracing_subscriber::EnvFilter::try_new(default_level).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout carries reports. Greengrass logs stderr at WARN.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        // Colour codes only for a person at a terminal, not in Greengrass's
+        // log files.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    if builder.try_init().is_err() || fixed {
+        return LogLevel(None);
+    }
+    LogLevel(Some(Box::new(
+        move |level: &str| match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(filter) => {
+                let _ = handle.reload(filter);
+            }
+            Err(error) => {
+                tracing::warn!(%level, %error, "key `logLevel`: not a log filter; keeping the current one")
+            }
+        },
+    )))
 }
 
 fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
@@ -208,20 +245,79 @@ fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<Exit
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let mut config = load_config(args.config.as_ref())?;
-    init_logging(&config.log_level);
-    if let Some(dir) = args.plugins {
-        config.plugins.dir = Some(dir);
-    }
-    if let Some(dir) = args.state_dir {
-        config.state_dir = dir;
-    }
+    let file_config = args.config.as_deref().map(Config::load).transpose()?;
+    let log = init_logging(
+        file_config
+            .as_ref()
+            .map_or("info", |config| config.log_level.as_str()),
+    );
+    let overrides = run::Overrides {
+        plugins_dir: args.plugins,
+        state_dir: args.state_dir,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let outcome = runtime.block_on(pipeline::run(config, args.config, args.once))?;
+    let outcome = runtime.block_on(async {
+        let status = Status::new();
+        // Inside Greengrass the nucleus is the first peer: it holds the
+        // configuration (unless a file was given) and carries reports.
+        let ipc = match IpcEndpoint::from_env() {
+            Some(endpoint) => {
+                let options = IpcOptions {
+                    status: Some(status.clone()),
+                    ..IpcOptions::default()
+                };
+                Some(
+                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
+                        .await
+                        .context("connecting to the Greengrass nucleus")?,
+                )
+            }
+            None => None,
+        };
+        let live_configuration = file_config.is_none() && ipc.is_some();
+        let mut config = match (file_config, &ipc) {
+            (Some(config), _) => config,
+            (None, Some(ipc)) => match run::greengrass_configuration(ipc).await {
+                Ok(config) => {
+                    log.set_level(&config.log_level);
+                    config
+                }
+                Err(error) => {
+                    let _ = ipc.update_state(ComponentState::Errored).await;
+                    return Err(error);
+                }
+            },
+            (None, None) => Config::default(),
+        };
+        overrides.apply(&mut config);
+        // The first connection used the default client settings, because
+        // the configuration was not known yet; reconnect when it sets others.
+        let ipc = match (ipc, IpcEndpoint::from_env()) {
+            (Some(_), Some(endpoint)) if config.publish.ipc != IpcConfig::default() => {
+                let options = IpcOptions {
+                    status: Some(status.clone()),
+                    ..config.publish.ipc.options()
+                };
+                Some(
+                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
+                        .await
+                        .context("connecting to the Greengrass nucleus")?,
+                )
+            }
+            (ipc, _) => ipc,
+        };
+        let options = run::RunOptions {
+            once: args.once,
+            once_wait: Duration::from_secs(args.wait),
+            overrides,
+            live_configuration,
+        };
+        run::run(config, ipc, status, options).await
+    })?;
     Ok(ExitCode::from(outcome.exit_code()))
 }
 

@@ -1,9 +1,9 @@
 //! The pipeline, wired: collect → detect (device metrics) → plugins → detect
 //! (custom metrics) → report and SIEM events → publish. The stages know
 //! nothing of each other; this module is the only place that calls them in
-//! order, for the `collect` command and for the `run` loop.
+//! order for the `collect` command, and holds what `run` (crate::run) shares
+//! with it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::collect::{Collected, Collector, Counters};
 use crate::config::Config;
 use crate::report::{self, Format};
-use crate::sample::{NetworkStats, Sample};
+use crate::sample::NetworkStats;
 use crate::state::{StateDir, now_ms};
 use crate::status::Status;
 
@@ -22,7 +22,7 @@ const COLLECT_BASELINE: &str = "net-collect.json";
 
 /// `run`'s network state: the last sample's counters and the traffic summed
 /// since the last report.
-const RUN_NETWORK_STATE: &str = "net-run.json";
+pub(crate) const RUN_NETWORK_STATE: &str = "net-run.json";
 
 /// The thing name: configuration, then `AWS_IOT_THING_NAME` (set by
 /// Greengrass), then the host name.
@@ -54,7 +54,7 @@ fn host_name() -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-fn log_collect_problems(collected: &Collected, status: &Status) {
+pub(crate) fn log_collect_problems(collected: &Collected, status: &Status) {
     for warning in &collected.warnings {
         tracing::warn!(%warning, "partial sample");
     }
@@ -66,6 +66,16 @@ fn log_collect_problems(collected: &Collected, status: &Status) {
         status.add("collect.malformed_lines", collected.malformed_lines);
     }
     status.add("collect.warnings", collected.warnings.len() as u64);
+    if collected.unresolved_addresses > 0 {
+        tracing::debug!(
+            sockets = collected.unresolved_addresses,
+            "sockets bound to an address of no known interface"
+        );
+        status.add(
+            "collect.unresolved_addresses",
+            collected.unresolved_addresses,
+        );
+    }
 }
 
 /// One report of this machine for the `collect` command: the encoded bytes.
@@ -119,30 +129,11 @@ pub fn collect_once(
     Ok(prepared.bytes)
 }
 
-/// How `run` ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// Stopped by a signal, or `--once` with the report acknowledged.
-    Done,
-    /// `--once`: the peer could not be reached; the report waits in the outbox.
-    Queued,
-}
-
-impl RunOutcome {
-    /// The process exit status documented in `run --help`.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            RunOutcome::Done => 0,
-            RunOutcome::Queued => 3,
-        }
-    }
-}
-
 /// `run`'s network bookkeeping, persisted after every sample so that deltas
 /// and the traffic owed to the next report survive restarts.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct NetworkState {
-    counters: Option<Counters>,
+pub(crate) struct NetworkState {
+    pub(crate) counters: Option<Counters>,
     /// Traffic since the last report; `None` once any sample in the window had
     /// no honest delta (reset, reboot), so the report says nothing rather than
     /// a partial sum.
@@ -153,7 +144,7 @@ struct NetworkState {
 }
 
 impl NetworkState {
-    fn absorb(&mut self, delta: Option<NetworkStats>) {
+    pub(crate) fn absorb(&mut self, delta: Option<NetworkStats>) {
         match (delta, self.since_report) {
             (Some(d), Some(sum)) if self.window_valid => {
                 self.since_report = Some(NetworkStats {
@@ -171,7 +162,7 @@ impl NetworkState {
     }
 
     /// Hands the window's traffic to a report and opens a new window.
-    fn take_for_report(&mut self) -> Option<NetworkStats> {
+    pub(crate) fn take_for_report(&mut self) -> Option<NetworkStats> {
         let taken = if self.window_valid {
             self.since_report
         } else {
@@ -181,101 +172,64 @@ impl NetworkState {
         self.window_valid = true;
         taken
     }
-}
 
-/// The long-running component.
-pub async fn run(
-    config: Config,
-    config_path: Option<PathBuf>,
-    once: bool,
-) -> anyhow::Result<RunOutcome> {
-    let _ = config_path;
-    let state = StateDir::open(&config.state_dir)?;
-    let thing = thing_name(&config)?;
-    let status = Status::new();
-    status.set_text("run.thing", thing.clone());
-    let collector = Collector::new(&config.collect);
-    let plugins = match config.plugins.dir {
-        Some(_) => Some(crate::plugin::PluginHost::start(
-            &config.plugins,
-            &state.subdir("plugin-cache")?,
-            status.clone(),
-        )?),
-        None => None,
-    };
-    let mut output = crate::output::NdjsonOutput::open(config.output.ndjson.as_deref())?;
-    let mut network: NetworkState = state.load(RUN_NETWORK_STATE).unwrap_or_default();
-    let report_every = Duration::from_secs(config.report.interval_seconds);
-    let mut next_report = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(report_every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stop = Box::pin(crate::signals::stopped());
-    tracing::info!(%thing, interval_s = report_every.as_secs(), "defender-edge running");
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            signal = &mut stop => {
-                tracing::info!(%signal, "stopping");
-                break;
+    /// Returns a window taken for a report that was not built (held back
+    /// by a plugin, invalid), so its traffic goes to the next report rather
+    /// than vanishing.
+    pub(crate) fn give_back(&mut self, window: Option<NetworkStats>) {
+        let current = self.since_report.filter(|_| self.window_valid);
+        match (window, current) {
+            (Some(w), Some(c)) => {
+                self.since_report = Some(NetworkStats {
+                    bytes_in: w.bytes_in.saturating_add(c.bytes_in),
+                    bytes_out: w.bytes_out.saturating_add(c.bytes_out),
+                    packets_in: w.packets_in.saturating_add(c.packets_in),
+                    packets_out: w.packets_out.saturating_add(c.packets_out),
+                })
             }
-        }
-        let collected = collector.sample(&thing, now_ms(), network.counters.as_ref());
-        log_collect_problems(&collected, &status);
-        status.add("collect.samples", 1);
-        network.absorb(collected.sample.network_stats);
-        network.counters = Some(collected.counters);
-        let mut sample: Sample = collected.sample;
-        let report_due = tokio::time::Instant::now() >= next_report;
-        if report_due {
-            sample.network_stats = network.take_for_report();
-        }
-        if let Err(error) = state.save(RUN_NETWORK_STATE, &network) {
-            tracing::warn!(%error, "cannot persist network counters");
-        }
-        if let Some(host) = &plugins {
-            match host.process_async(sample).await {
-                crate::plugin::Processed::Pass(changed) => sample = changed,
-                crate::plugin::Processed::Held { plugin, reason } => {
-                    tracing::warn!(%plugin, %reason, "report held back by a fail-closed plugin");
-                    status.add("report.held", 1);
-                    continue;
-                }
-                crate::plugin::Processed::Dropped { plugin } => {
-                    tracing::info!(%plugin, "report dropped by plugin");
-                    status.add("report.dropped_by_plugin", 1);
-                    continue;
-                }
+            _ => {
+                self.since_report = None;
+                self.window_valid = false;
             }
-        }
-        if report_due {
-            next_report += report_every;
-            let id = state.next_report_id(now_ms())?;
-            match report::prepare(&sample, id, config.report.format, config.report.max_bytes) {
-                Ok(prepared) => {
-                    status.add("report.built", 1);
-                    let trimmed = prepared.trimmed.total();
-                    if trimmed > 0 {
-                        tracing::warn!(report_id = id, trimmed = ?prepared.trimmed, "report over budget; entries trimmed");
-                        status.add("report.trimmed_entries", trimmed);
-                    }
-                    output.write(&prepared.report, config.report.format)?;
-                }
-                Err(error) => {
-                    tracing::error!(report_id = id, %error, "report failed validation; not sent");
-                    status.add("report.validation_failures", 1);
-                }
-            }
-        }
-        if let Err(error) = status.write(state.path(), now_ms()) {
-            tracing::warn!(%error, "cannot write the status file");
-        }
-        if once && report_due {
-            break;
         }
     }
-    output.flush()?;
-    status
-        .write(state.path(), now_ms())
-        .context("writing the status file")?;
-    Ok(RunOutcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(n: u64) -> Option<NetworkStats> {
+        Some(NetworkStats {
+            bytes_in: n,
+            bytes_out: n,
+            packets_in: n,
+            packets_out: n,
+        })
+    }
+
+    #[test]
+    fn a_window_given_back_goes_to_the_next_report() {
+        let mut state = NetworkState::default();
+        state.absorb(stats(5)); // first delta after start: not honest yet
+        assert_eq!(state.take_for_report(), None);
+        state.absorb(stats(10));
+        let window = state.take_for_report();
+        assert_eq!(window, stats(10));
+        state.give_back(window);
+        state.absorb(stats(1));
+        assert_eq!(state.take_for_report(), stats(11));
+    }
+
+    #[test]
+    fn a_dishonest_window_given_back_spoils_the_next() {
+        let mut state = NetworkState::default();
+        state.take_for_report();
+        state.absorb(None); // counter reset
+        let window = state.take_for_report();
+        assert_eq!(window, None);
+        state.give_back(window);
+        state.absorb(stats(3));
+        assert_eq!(state.take_for_report(), None);
+    }
 }

@@ -43,6 +43,12 @@ use crate::status::Status;
 /// AWS IoT Core's payload limit; also the packet size rumqttc accepts in and
 /// out (its default, 10 KiB, would refuse ordinary reports).
 pub const MAX_PACKET_BYTES: usize = 128 * 1024;
+/// The largest payload one QoS 1 PUBLISH to `topic` can carry within
+/// [`MAX_PACKET_BYTES`] (fixed header, topic length and packet id included).
+pub fn max_publish_payload(topic: &str) -> usize {
+    MAX_PACKET_BYTES.saturating_sub(topic.len() + 8)
+}
+
 /// IoT Core allows at most 100 unacknowledged publishes per connection.
 pub const MAX_INFLIGHT: u16 = 100;
 /// ALPN protocol that lets IoT Core accept MQTT with mutual TLS on port 443.
@@ -342,7 +348,7 @@ impl Drop for MqttTransport {
 
 impl Transport for MqttTransport {
     async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), TransportError> {
-        if payload.len() + topic.len() + 8 > MAX_PACKET_BYTES {
+        if payload.len() > max_publish_payload(topic) {
             return Err(TransportError::Refused {
                 peer: self.peer.clone(),
                 reason: format!(
