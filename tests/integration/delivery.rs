@@ -75,12 +75,12 @@ fn log_lines(needles: &[&str]) -> Vec<String> {
 
 /// A throwaway PKI: a CA that signs the broker and the clients, and a rogue
 /// CA that signs a client the broker must refuse.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let openssl = require_program("openssl", "openssl");
         let dir = tempfile::tempdir().expect("tempdir");
         // mosquitto started as root drops to the `mosquitto` user, which must
@@ -181,13 +181,13 @@ impl Pki {
         );
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// The device's MQTT settings: `client` names its certificate, `ca` the
     /// root CA it trusts for the broker.
-    fn mqtt(&self, port: u16, client: &str, ca: &str) -> MqttConfig {
+    pub(crate) fn mqtt(&self, port: u16, client: &str, ca: &str) -> MqttConfig {
         MqttConfig {
             endpoint: Some("localhost".to_owned()),
             port,
@@ -207,15 +207,15 @@ impl Pki {
 // ------------------------------------------------------------------ broker
 
 /// A mosquitto with mutual TLS on a free loopback port.
-struct Broker {
-    port: u16,
+pub(crate) struct Broker {
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl Broker {
     /// `persistent`: the broker keeps sessions across its own restarts.
-    fn start(pki: &Pki, persistent: bool) -> Broker {
+    pub(crate) fn start(pki: &Pki, persistent: bool) -> Broker {
         let program = require_program("mosquitto", "mosquitto");
         let port = free_port();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -269,7 +269,7 @@ impl Broker {
     }
 
     /// Stops the broker with SIGTERM (it saves its sessions when persistent).
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on the pid of a child this test spawned.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -277,7 +277,7 @@ impl Broker {
         }
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         self.spawn(&require_program("mosquitto", "mosquitto"));
     }
@@ -315,7 +315,7 @@ fn free_port() -> u16 {
 
 /// A test client standing in for AWS IoT Core's side: it sees what the device
 /// publishes and sends fake `accepted` / `rejected` replies.
-struct Observer {
+pub(crate) struct Observer {
     client: AsyncClient,
     messages: mpsc::UnboundedReceiver<(String, Vec<u8>, Instant)>,
     subscribed: Arc<Mutex<u32>>,
@@ -324,7 +324,7 @@ struct Observer {
 impl Observer {
     /// Connects as `observer` with a persistent session and subscribes to
     /// `filter` after every connect.
-    async fn start(pki: &Pki, port: u16, filter: &str) -> Observer {
+    pub(crate) async fn start(pki: &Pki, port: u16, filter: &str) -> Observer {
         capture_logs();
         let read = |name: &str| std::fs::read(pki.path(name)).expect("read pki file");
         let mut options = MqttOptions::new("observer", "localhost", port);
@@ -372,14 +372,14 @@ impl Observer {
         observer
     }
 
-    async fn wait_subscribed(&self, times: u32) {
+    pub(crate) async fn wait_subscribed(&self, times: u32) {
         wait_for(&format!("observer subscribed {times} times"), || {
             *self.subscribed.lock().unwrap_or_else(|p| p.into_inner()) >= times
         })
         .await;
     }
 
-    async fn next(&mut self, within: Duration) -> Option<(String, Vec<u8>, Instant)> {
+    pub(crate) async fn next(&mut self, within: Duration) -> Option<(String, Vec<u8>, Instant)> {
         tokio::time::timeout(within, self.messages.recv())
             .await
             .ok()
@@ -387,7 +387,7 @@ impl Observer {
     }
 
     /// The next message, or a failure that shows the library's log.
-    async fn expect_next(&mut self, what: &str) -> (String, Vec<u8>, Instant) {
+    pub(crate) async fn expect_next(&mut self, what: &str) -> (String, Vec<u8>, Instant) {
         match self.next(Duration::from_secs(15)).await {
             Some(m) => m,
             None => panic!("no {what} arrived at the broker; log:\n{}", all_logs()),

@@ -32,13 +32,13 @@ const REGION: &str = "us-east-1";
 // ---------------------------------------------------------------- moto --
 
 /// A moto server on a free loopback port; stopped on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
 }
 
 impl Moto {
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let mut child = Command::new(support::python())
             .arg(support::fixture(HELPER))
             .arg("serve")
@@ -59,7 +59,7 @@ impl Moto {
         Moto { child, port }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -77,7 +77,7 @@ impl Moto {
         out.stdout
     }
 
-    fn create_stream(&self, stream: &str, bucket: &str) {
+    pub(crate) fn create_stream(&self, stream: &str, bucket: &str) {
         self.helper(&["create-stream", &self.url(), stream, bucket]);
     }
 
@@ -86,7 +86,7 @@ impl Moto {
     }
 
     /// Every line delivered to the bucket, parsed.
-    fn delivered(&self, bucket: &str) -> Vec<Value> {
+    pub(crate) fn delivered(&self, bucket: &str) -> Vec<Value> {
         let bytes = self.helper(&["read", &self.url(), bucket]);
         let text = String::from_utf8(bytes).expect("delivered data is UTF-8");
         assert!(

@@ -20,26 +20,30 @@ use serde_json::{Value, json};
 
 use crate::support;
 
-const SVCUID: &str = "ABCDEFGHIJKLMNOP";
+pub(crate) const SVCUID: &str = "ABCDEFGHIJKLMNOP";
 
-/// A running test nucleus in its own temporary directory.
-struct TestNucleus {
+/// A running test nucleus in its own temporary directory. Shared with the
+/// `run` tests.
+pub(crate) struct TestNucleus {
     child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) socket: PathBuf,
 }
 
 impl TestNucleus {
     fn start(lite: bool) -> TestNucleus {
+        TestNucleus::start_with(
+            lite,
+            json!({"publish": {"ipc": {"requestTimeoutSeconds": "10"}}, "sampleIntervalSeconds": 300}),
+        )
+    }
+
+    /// Starts a nucleus whose GetConfiguration serves `config`.
+    pub(crate) fn start_with(lite: bool, config_document: Value) -> TestNucleus {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("ipc.socket");
         let config = dir.path().join("config.json");
-        std::fs::write(
-            &config,
-            json!({"publish": {"ipc": {"requestTimeoutSeconds": "10"}}, "sampleIntervalSeconds": 300})
-                .to_string(),
-        )
-        .expect("config");
+        std::fs::write(&config, config_document.to_string()).expect("config");
         let mut cmd = Command::new(support::python());
         cmd.arg(support::repo().join("tests/nucleus/nucleus.py"))
             .arg("--socket")
@@ -68,7 +72,7 @@ impl TestNucleus {
         TestNucleus { child, dir, socket }
     }
 
-    fn control(&self, cmd: Value) -> Value {
+    pub(crate) fn control(&self, cmd: Value) -> Value {
         let mut s = UnixStream::connect(self.dir.path().join("control.socket")).expect("control");
         s.write_all(format!("{cmd}\n").as_bytes()).expect("send");
         let mut line = String::new();
@@ -78,7 +82,7 @@ impl TestNucleus {
         reply
     }
 
-    fn records(&self) -> Vec<Value> {
+    pub(crate) fn records(&self) -> Vec<Value> {
         std::fs::read_to_string(self.dir.path().join("record.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -86,14 +90,14 @@ impl TestNucleus {
             .collect()
     }
 
-    fn events(&self, name: &str) -> Vec<Value> {
+    pub(crate) fn events(&self, name: &str) -> Vec<Value> {
         self.records()
             .into_iter()
             .filter(|r| r["event"] == name)
             .collect()
     }
 
-    fn requests(&self, operation: &str) -> Vec<Value> {
+    pub(crate) fn requests(&self, operation: &str) -> Vec<Value> {
         self.events("request")
             .into_iter()
             .filter(|r| r["operation"] == operation)
@@ -112,7 +116,7 @@ impl TestNucleus {
         }
     }
 
-    fn assert_no_violations(&self) {
+    pub(crate) fn assert_no_violations(&self) {
         let violations = self.events("violation");
         assert!(
             violations.is_empty(),

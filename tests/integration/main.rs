@@ -8,5 +8,6 @@ mod firehose;
 mod ipc;
 mod plugins;
 mod report;
+mod run;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;

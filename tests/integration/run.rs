@@ -1,0 +1,517 @@
+//! The `defender-edge run` binary end to end, with its real peers: under a
+//! (test) Greengrass nucleus with live configuration, and against mosquitto
+//! with a `kill -9` in the middle.
+
+use std::ffi::OsStr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::delivery::{Broker, Observer, Pki};
+use crate::ipc::{SVCUID, TestNucleus};
+use crate::support;
+
+/// A `run` process whose standard error goes to a file the test can read
+/// while it runs.
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(args: &[&str], env: &[(&str, &OsStr)], log: std::path::PathBuf) -> Running {
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(support::bin());
+        cmd.arg("run")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+            .env_remove("SVCUID")
+            .env_remove("AWS_IOT_THING_NAME")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        Running {
+            child: cmd.spawn().expect("start defender-edge run"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `check` holds; fails with the process log after `within`.
+    fn wait_for(&mut self, what: &str, within: Duration, mut check: impl FnMut(&str) -> bool) {
+        let until = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if check(&log) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("run exited ({status}) while waiting for {what}; log:\n{log}");
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the pid of a child this test spawned.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "run did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Device Defender reports the nucleus received, in order: (report id,
+/// thing in the topic).
+fn published_reports(nucleus: &TestNucleus) -> Vec<u64> {
+    nucleus
+        .requests("PublishToIoTCore")
+        .iter()
+        .filter(|r| {
+            r["body"]["topicName"]
+                .as_str()
+                .is_some_and(|t| t == "$aws/things/edge-e2e/defender/metrics/json")
+        })
+        .map(|r| {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(r["body"]["payload"].as_str().expect("payload"))
+                .expect("base64 payload");
+            let report: Value = serde_json::from_slice(&payload).expect("a JSON report");
+            report["header"]["report_id"].as_u64().expect("report id")
+        })
+        .collect()
+}
+
+fn wait_nucleus(what: &str, run: &mut Running, check: impl Fn() -> bool) {
+    run.wait_for(what, Duration::from_secs(20), |_| check());
+}
+
+#[test]
+fn under_greengrass_run_takes_its_configuration_from_the_nucleus_and_follows_updates() {
+    let state = tempfile::tempdir().expect("state dir");
+    let component_configuration = json!({
+        "thingName": "edge-e2e",
+        "stateDir": state.path(),
+        "output": {"ndjson": null},
+        "report": {"intervalSeconds": "1"},
+        "publish": {"deviceDefender": {"minIntervalSeconds": "1", "replyTimeoutSeconds": "5"}},
+        // The recipe's access control arrives with the configuration and is
+        // not one of our settings: it must be ignored, not refused.
+        "accessControl": {"aws.greengrass.ipc.mqttproxy": {"p1": {"policyDescription": "x",
+            "operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["*"]}}}
+    });
+    let nucleus = TestNucleus::start_with(false, component_configuration);
+    nucleus.control(json!({"cmd": "auto_reply", "mode": "accepted"}));
+    let mut run = Running::start(
+        &[],
+        &[
+            (
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                nucleus.socket.as_os_str(),
+            ),
+            ("SVCUID", OsStr::new(SVCUID)),
+        ],
+        nucleus.dir.path().join("run.log"),
+    );
+
+    // Start-up: configuration read, updates followed, RUNNING reported,
+    // reports published and accepted.
+    wait_nucleus("two reports over IPC", &mut run, || {
+        published_reports(&nucleus).len() >= 2
+    });
+    assert_eq!(nucleus.requests("GetConfiguration").len(), 1);
+    assert_eq!(nucleus.requests("SubscribeToConfigurationUpdate").len(), 1);
+    let states: Vec<Value> = nucleus
+        .requests("UpdateState")
+        .iter()
+        .map(|r| r["body"]["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("RUNNING")]);
+
+    // A rejection is logged with its error code.
+    nucleus.control(json!({"cmd": "auto_reply", "mode": "rejected"}));
+    run.wait_for("a logged rejection", Duration::from_secs(20), |log| {
+        log.contains("InvalidPayload")
+    });
+    nucleus.control(json!({"cmd": "auto_reply", "mode": "accepted"}));
+
+    // A dropped connection is survived: the client reconnects and reports
+    // keep coming.
+    let before = published_reports(&nucleus).len();
+    nucleus.control(json!({"cmd": "drop"}));
+    wait_nucleus("reports after the connection dropped", &mut run, || {
+        published_reports(&nucleus).len() >= before + 2
+    });
+
+    // An invalid update is refused and the running configuration goes on.
+    nucleus.control(json!({"cmd": "config_update", "key_path": ["report"],
+        "value": {"intervalSeconds": "1", "formatt": "json"}}));
+    run.wait_for("the refusal", Duration::from_secs(20), |log| {
+        log.contains("refused configuration update") && log.contains("report.formatt")
+    });
+    let before = published_reports(&nucleus).len();
+    wait_nucleus("reports after the refused update", &mut run, || {
+        published_reports(&nucleus).len() >= before + 1
+    });
+
+    // A valid update is applied without a restart: CBOR reports from now on.
+    nucleus.control(json!({"cmd": "config_update", "key_path": ["report"],
+        "value": {"intervalSeconds": "1", "format": "cbor"}}));
+    run.wait_for("the applied update", Duration::from_secs(20), |log| {
+        log.contains("applied configuration update")
+    });
+    wait_nucleus("a CBOR report", &mut run, || {
+        nucleus
+            .requests("PublishToIoTCore")
+            .iter()
+            .any(|r| r["body"]["topicName"] == "$aws/things/edge-e2e/defender/metrics/cbor")
+    });
+    assert_eq!(nucleus.requests("GetConfiguration").len(), 3);
+
+    // Report ids only grow, across the configuration change too.
+    let ids = published_reports(&nucleus);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "report ids {ids:?}");
+
+    run.signal(libc::SIGTERM);
+    let status = run.wait();
+    assert_eq!(status.code(), Some(0), "log:\n{}", run.log());
+    nucleus.assert_no_violations();
+}
+
+#[test]
+fn invalid_component_configuration_is_reported_as_errored() {
+    let nucleus = TestNucleus::start_with(false, json!({"report": {"formatt": "json"}}));
+    let mut run = Running::start(
+        &[],
+        &[
+            (
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                nucleus.socket.as_os_str(),
+            ),
+            ("SVCUID", OsStr::new(SVCUID)),
+        ],
+        nucleus.dir.path().join("run.log"),
+    );
+    let status = run.wait();
+    let log = run.log();
+    assert_eq!(status.code(), Some(2), "log:\n{log}");
+    assert!(
+        log.contains("the Greengrass component configuration") && log.contains("report.formatt"),
+        "the error names the origin and the key: {log}"
+    );
+    let states: Vec<Value> = nucleus
+        .requests("UpdateState")
+        .iter()
+        .map(|r| r["body"]["state"].clone())
+        .collect();
+    assert_eq!(states, vec![json!("ERRORED")]);
+    nucleus.assert_no_violations();
+}
+
+/// Reports made while the broker is away wait in the outbox; a `kill -9`
+/// loses none of them. After the restart the newest goes to Device Defender
+/// and every older one is named as superseded (Device Defender takes current
+/// data only), so each report is accounted for; the NDJSON output holds all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_reports_waiting_loses_none() {
+    let pki = Pki::new();
+    let mut broker = Broker::start(&pki, true);
+    broker.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ndjson = dir.path().join("reports.ndjson");
+    let config = json!({
+        "thingName": "edge-crash",
+        "stateDir": dir.path().join("state"),
+        "output": {"ndjson": ndjson},
+        "report": {"intervalSeconds": 1},
+        "publish": {
+            "transport": "mqtt",
+            "mqtt": serde_json::to_value(pki.mqtt(broker.port, "device", "ca")).expect("mqtt"),
+            "deviceDefender": {"minIntervalSeconds": 1}
+        }
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    let config_arg = config_path.to_str().expect("utf-8 path");
+
+    let mut first = Running::start(&["--config", config_arg], &[], dir.path().join("first.log"));
+    let count_lines = || {
+        std::fs::read_to_string(&ndjson)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    first.wait_for("three reports", Duration::from_secs(20), |_| {
+        count_lines() >= 3
+    });
+    first.signal(libc::SIGKILL);
+    first.wait();
+    let made: Vec<u64> = std::fs::read_to_string(&ndjson)
+        .expect("ndjson")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("JSON line");
+            v["header"]["report_id"].as_u64().expect("report id")
+        })
+        .collect();
+    assert!(made.len() >= 3);
+
+    broker.restart();
+    let mut observer = Observer::start(
+        &pki,
+        broker.port,
+        "$aws/things/edge-crash/defender/metrics/json",
+    )
+    .await;
+    let mut second = Running::start(
+        &["--config", config_arg, "--once", "--wait", "20"],
+        &[],
+        dir.path().join("second.log"),
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let status = second.wait();
+        (status, second)
+    });
+    let (_, payload, _) = observer.expect_next("a report").await;
+    let (status, second) = status.await.expect("join");
+    let log = second.log();
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+    let report_id = |payload: &[u8]| -> u64 {
+        let report: Value = serde_json::from_slice(payload).expect("JSON report");
+        report["header"]["report_id"].as_u64().expect("id")
+    };
+    let mut published = vec![report_id(&payload)];
+    while let Some((_, payload, _)) = observer.next(Duration::from_secs(2)).await {
+        published.push(report_id(&payload));
+    }
+    let all: Vec<u64> = std::fs::read_to_string(&ndjson)
+        .expect("ndjson")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("line")["header"]["report_id"]
+                .as_u64()
+                .expect("id")
+        })
+        .collect();
+    assert!(all.len() > made.len(), "the second run made its own report");
+    // --once exits 0 only when its own report was acknowledged.
+    assert_eq!(
+        published.last(),
+        all.last(),
+        "published {published:?}, made {all:?}"
+    );
+    // Every report is either published or named as superseded in the log
+    // (Device Defender takes current data only): none vanished.
+    for id in &all {
+        assert!(
+            published.contains(id) || log.contains(&format!("report_id={id}")),
+            "report {id} is neither published nor accounted for as superseded; published {published:?}; log:\n{log}"
+        );
+    }
+    assert!(
+        published.windows(2).all(|w| w[0] < w[1]),
+        "in order: {published:?}"
+    );
+}
+
+/// Under Greengrass with the Firehose sink on: the report goes to Device
+/// Defender over IPC and the same sample, as HEC events, to Firehose (moto),
+/// with matching counts. A delivery stream that does not exist is a clear
+/// error at start and Device Defender reports still go out.
+#[cfg(feature = "firehose")]
+#[test]
+fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
+    use crate::firehose::Moto;
+
+    let moto = Moto::start();
+    moto.create_stream("siem", "siem-backup");
+    for (stream, works) in [("siem", true), ("no-such-stream", false)] {
+        let state = tempfile::tempdir().expect("state dir");
+        let nucleus = TestNucleus::start_with(
+            false,
+            json!({
+                "thingName": "edge-e2e",
+                "stateDir": state.path(),
+                "output": {"ndjson": null},
+                "publish": {"firehose": {"enabled": "true", "deliveryStream": stream,
+                    "region": "us-east-1", "flushIntervalMs": "100"}}
+            }),
+        );
+        let url = moto.url();
+        let mut run = Running::start(
+            &["--once"],
+            &[
+                (
+                    "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                    nucleus.socket.as_os_str(),
+                ),
+                ("SVCUID", OsStr::new(SVCUID)),
+                ("AWS_ENDPOINT_URL_FIREHOSE", OsStr::new(&url)),
+                ("AWS_ACCESS_KEY_ID", OsStr::new("AKIDTESTRUN")),
+                ("AWS_SECRET_ACCESS_KEY", OsStr::new("secret")),
+                ("AWS_EC2_METADATA_DISABLED", OsStr::new("true")),
+            ],
+            nucleus.dir.path().join("run.log"),
+        );
+        let status = run.wait();
+        let log = run.log();
+        assert_eq!(status.code(), Some(0), "log:\n{log}");
+        let published = nucleus.requests("PublishToIoTCore");
+        assert_eq!(
+            published.len(),
+            1,
+            "one report to Device Defender; log:\n{log}"
+        );
+        let payload = base64::engine::general_purpose::STANDARD
+            .decode(published[0]["body"]["payload"].as_str().expect("payload"))
+            .expect("base64");
+        let report: Value = serde_json::from_slice(&payload).expect("JSON report");
+        nucleus.assert_no_violations();
+        if !works {
+            assert!(
+                log.contains("no-such-stream does not exist"),
+                "the error names the stream; log:\n{log}"
+            );
+            continue;
+        }
+        let lines = moto.delivered("siem-backup");
+        let event = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l["event"]["name"] == name)
+                .unwrap_or_else(|| panic!("no {name} event in {lines:#?}"))
+                .clone()
+        };
+        let tcp = event("aws:num-listening-tcp-ports");
+        assert_eq!(tcp["host"], "edge-e2e");
+        assert_eq!(
+            tcp["event"]["value"]["count"], report["metrics"]["listening_tcp_ports"]["total"],
+            "the SIEM and Device Defender see the same sample"
+        );
+        assert_eq!(
+            tcp["event"]["edge"]["report_id"],
+            report["header"]["report_id"]
+        );
+    }
+}
+
+/// Local detection inside the running component: a listener opened on a port
+/// the profile says must stay closed raises an alarm within seconds, on the
+/// Greengrass local topic and on the IoT alarm topic; closing it clears it.
+#[test]
+fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let state = tempfile::tempdir().expect("state dir");
+    let nucleus = TestNucleus::start_with(
+        false,
+        json!({
+            "thingName": "edge-e2e",
+            "stateDir": state.path(),
+            "output": {"ndjson": null},
+            "detection": {"intervalSeconds": "1", "profiles": [{
+                "securityProfileName": "NoRogueListener",
+                "behaviors": [{
+                    "name": "RoguePortClosed",
+                    "metric": "aws:listening-tcp-ports",
+                    "criteria": {"comparisonOperator": "not-in-port-set",
+                        "value": {"ports": [port]},
+                        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 2}
+                }]
+            }]}
+        }),
+    );
+    let mut run = Running::start(
+        &[],
+        &[
+            (
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                nucleus.socket.as_os_str(),
+            ),
+            ("SVCUID", OsStr::new(SVCUID)),
+        ],
+        nucleus.dir.path().join("run.log"),
+    );
+    run.wait_for("the pipeline", Duration::from_secs(20), |log| {
+        log.contains("defender-edge running")
+    });
+    let alarms = |state: &str| -> Vec<Value> {
+        nucleus
+            .requests("PublishToTopic")
+            .iter()
+            .filter(|r| r["body"]["topic"] == "defender-edge/alarms")
+            .map(|r| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(
+                        r["body"]["publishMessage"]["binaryMessage"]["message"]
+                            .as_str()
+                            .expect("binary message"),
+                    )
+                    .expect("base64");
+                serde_json::from_slice::<Value>(&bytes).expect("alarm JSON")
+            })
+            .filter(|a| a["state"] == state)
+            .collect()
+    };
+    assert!(alarms("alarm").is_empty(), "no alarm before the listener");
+
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    wait_nucleus("the alarm on the local topic", &mut run, || {
+        !alarms("alarm").is_empty()
+    });
+    let alarm = alarms("alarm").remove(0);
+    assert_eq!(alarm["behavior"], "RoguePortClosed");
+    assert_eq!(alarm["profile"], "NoRogueListener");
+    assert_eq!(alarm["thing"], "edge-e2e");
+    assert!(
+        alarm["offending"].to_string().contains(&port.to_string()),
+        "the alarm names the port: {alarm}"
+    );
+    wait_nucleus("the alarm on the IoT topic", &mut run, || {
+        nucleus
+            .requests("PublishToIoTCore")
+            .iter()
+            .any(|r| r["body"]["topicName"] == "defender-edge/edge-e2e/alarms")
+    });
+
+    drop(listener);
+    wait_nucleus("the clear", &mut run, || !alarms("clear").is_empty());
+    let clear = alarms("clear").remove(0);
+    assert_eq!(clear["violation_id"], alarm["violation_id"]);
+
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
+    nucleus.assert_no_violations();
+}
