@@ -2,14 +2,20 @@
 //!
 //! - `report-id`: the last report id used, so ids keep increasing across
 //!   restarts even when the wall clock steps back.
-//! - `net-baseline.json`: the interface counters of the previous sample, so
-//!   network deltas survive restarts of `run` and span `collect` invocations.
+//! - `net-run.json` / `net-collect.json`: the interface counters of the
+//!   previous sample (and, for `run`, the traffic owed to the next report),
+//!   so network deltas survive restarts and span `collect` invocations.
 //! - `status.json`: see [`crate::status`].
+//! - Owned by other areas: `outbox/`, `firehose-outbox/`, `plugin-cache/`,
+//!   `defender-last-publish.json`, `detect-state.json`.
 //!
 //! Every write is atomic (temp file, fsync, rename): a crash leaves the old
-//! value or the new one. A file that cannot be parsed is reported and treated
-//! as absent, which at worst costs one network delta; it never stops the
-//! component.
+//! value or the new one. A JSON file that cannot be parsed is logged and
+//! treated as absent, which at worst costs one network delta. A `report-id`
+//! that cannot be parsed is logged too; ids then restart from the clock,
+//! which keeps them increasing unless the clock stepped back. A report id
+//! that cannot be *written* stops `run` (exit 1): handing out ids that a
+//! restart could repeat would make Device Defender drop reports.
 
 use std::path::{Path, PathBuf};
 
@@ -71,9 +77,16 @@ impl StateDir {
     /// ever handed out twice, also across crashes.
     pub fn next_report_id(&self, now_ms: u64) -> Result<u64, StateError> {
         let path = self.root.join("report-id");
-        let last = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
+        let last = match std::fs::read_to_string(&path) {
+            Ok(text) => match text.trim().parse::<u64>() {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    tracing::warn!(file = %path.display(), "report id file is corrupt; continuing from the clock");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
         let id = crate::report::next_report_id(now_ms, last);
         write_atomically(&path, id.to_string().as_bytes())
             .map_err(|source| StateError::Write { path, source })?;
