@@ -146,14 +146,7 @@ pub(crate) struct NetworkState {
 impl NetworkState {
     pub(crate) fn absorb(&mut self, delta: Option<NetworkStats>) {
         match (delta, self.since_report) {
-            (Some(d), Some(sum)) if self.window_valid => {
-                self.since_report = Some(NetworkStats {
-                    bytes_in: sum.bytes_in.saturating_add(d.bytes_in),
-                    bytes_out: sum.bytes_out.saturating_add(d.bytes_out),
-                    packets_in: sum.packets_in.saturating_add(d.packets_in),
-                    packets_out: sum.packets_out.saturating_add(d.packets_out),
-                })
-            }
+            (Some(d), Some(sum)) if self.window_valid => self.since_report = Some(sum.plus(d)),
             _ => {
                 self.since_report = None;
                 self.window_valid = false;
@@ -179,14 +172,7 @@ impl NetworkState {
     pub(crate) fn give_back(&mut self, window: Option<NetworkStats>) {
         let current = self.since_report.filter(|_| self.window_valid);
         match (window, current) {
-            (Some(w), Some(c)) => {
-                self.since_report = Some(NetworkStats {
-                    bytes_in: w.bytes_in.saturating_add(c.bytes_in),
-                    bytes_out: w.bytes_out.saturating_add(c.bytes_out),
-                    packets_in: w.packets_in.saturating_add(c.packets_in),
-                    packets_out: w.packets_out.saturating_add(c.packets_out),
-                })
-            }
+            (Some(w), Some(c)) => self.since_report = Some(w.plus(c)),
             _ => {
                 self.since_report = None;
                 self.window_valid = false;

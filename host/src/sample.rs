@@ -69,6 +69,18 @@ pub struct NetworkStats {
     pub packets_out: u64,
 }
 
+impl NetworkStats {
+    /// The traffic of two windows together; saturates rather than wraps.
+    pub fn plus(self, other: NetworkStats) -> NetworkStats {
+        NetworkStats {
+            bytes_in: self.bytes_in.saturating_add(other.bytes_in),
+            bytes_out: self.bytes_out.saturating_add(other.bytes_out),
+            packets_in: self.packets_in.saturating_add(other.packets_in),
+            packets_out: self.packets_out.saturating_add(other.packets_out),
+        }
+    }
+}
+
 /// The four Device Defender custom metric types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

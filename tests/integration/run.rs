@@ -41,6 +41,19 @@ impl Running {
         }
     }
 
+    /// `run` as a component of `nucleus`, with its IPC variables set.
+    fn under(nucleus: &TestNucleus, args: &[&str], extra_env: &[(&str, &OsStr)]) -> Running {
+        let mut env = vec![
+            (
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                nucleus.socket.as_os_str(),
+            ),
+            ("SVCUID", OsStr::new(SVCUID)),
+        ];
+        env.extend_from_slice(extra_env);
+        Running::start(args, &env, nucleus.dir.path().join("run.log"))
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -133,17 +146,7 @@ fn under_greengrass_run_takes_its_configuration_from_the_nucleus_and_follows_upd
     });
     let nucleus = TestNucleus::start_with(false, component_configuration);
     nucleus.control(json!({"cmd": "auto_reply", "mode": "accepted"}));
-    let mut run = Running::start(
-        &[],
-        &[
-            (
-                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
-                nucleus.socket.as_os_str(),
-            ),
-            ("SVCUID", OsStr::new(SVCUID)),
-        ],
-        nucleus.dir.path().join("run.log"),
-    );
+    let mut run = Running::under(&nucleus, &[], &[]);
 
     // Start-up: configuration read, updates followed, RUNNING reported,
     // reports published and accepted.
@@ -212,17 +215,7 @@ fn under_greengrass_run_takes_its_configuration_from_the_nucleus_and_follows_upd
 #[test]
 fn invalid_component_configuration_is_reported_as_errored() {
     let nucleus = TestNucleus::start_with(false, json!({"report": {"formatt": "json"}}));
-    let mut run = Running::start(
-        &[],
-        &[
-            (
-                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
-                nucleus.socket.as_os_str(),
-            ),
-            ("SVCUID", OsStr::new(SVCUID)),
-        ],
-        nucleus.dir.path().join("run.log"),
-    );
+    let mut run = Running::under(&nucleus, &[], &[]);
     let status = run.wait();
     let log = run.log();
     assert_eq!(status.code(), Some(2), "log:\n{log}");
@@ -369,20 +362,15 @@ fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
             }),
         );
         let url = moto.url();
-        let mut run = Running::start(
+        let mut run = Running::under(
+            &nucleus,
             &["--once"],
             &[
-                (
-                    "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
-                    nucleus.socket.as_os_str(),
-                ),
-                ("SVCUID", OsStr::new(SVCUID)),
                 ("AWS_ENDPOINT_URL_FIREHOSE", OsStr::new(&url)),
                 ("AWS_ACCESS_KEY_ID", OsStr::new("AKIDTESTRUN")),
                 ("AWS_SECRET_ACCESS_KEY", OsStr::new("secret")),
                 ("AWS_EC2_METADATA_DISABLED", OsStr::new("true")),
             ],
-            nucleus.dir.path().join("run.log"),
         );
         let status = run.wait();
         let log = run.log();
@@ -453,17 +441,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
             }]}
         }),
     );
-    let mut run = Running::start(
-        &[],
-        &[
-            (
-                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
-                nucleus.socket.as_os_str(),
-            ),
-            ("SVCUID", OsStr::new(SVCUID)),
-        ],
-        nucleus.dir.path().join("run.log"),
-    );
+    let mut run = Running::under(&nucleus, &[], &[]);
     run.wait_for("the pipeline", Duration::from_secs(20), |log| {
         log.contains("defender-edge running")
     });
