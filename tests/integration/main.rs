@@ -6,6 +6,7 @@ mod delivery;
 #[cfg(feature = "firehose")]
 mod firehose;
 mod ipc;
+mod packaging;
 mod plugins;
 mod report;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
