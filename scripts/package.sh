@@ -39,6 +39,10 @@ Options:
                         (same version), repeatable. The plugin name is the
                         file stem with _ turned into - (owner_enrichment.wasm
                         is the plugin owner-enrichment).
+  --recipe-file NAME    File name of the host recipe in OUT/recipes
+                        [default: com.defenderedge.DefenderEdge-VERSION.yaml].
+                        The GDK's custom build passes recipe.yaml, the name
+                        `gdk component publish` reads back.
   --no-build            Package binaries already built with the same profile
   --no-strip            Keep symbols (the cross binutils strip them otherwise)
   -h, --help            This help
@@ -71,6 +75,7 @@ targets=aarch64,armv7,x86_64
 profile=release
 recipe=recipes/$component.yaml
 bucket=
+recipe_file=
 build=1
 strip=1
 plugins=()
@@ -87,6 +92,7 @@ while [ $# -gt 0 ]; do
     --firehose) recipe=recipes/$component.firehose.yaml; shift ;;
     --bucket) bucket=${2:?--bucket needs a name}; shift 2 ;;
     --plugin) plugins+=("${2:?--plugin needs COMPONENT=FILE.wasm}"); shift 2 ;;
+    --recipe-file) recipe_file=${2:?--recipe-file needs a name}; shift 2 ;;
     --no-build) build=0; shift ;;
     --no-strip) strip=0; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -153,8 +159,9 @@ write_recipe() { # source, component, version, destination
       -e "s|s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/|${uri_prefix//$component/$2}|" \
       "$1" >"$4"
 }
-write_recipe "$recipe" "$component" "$version" "$out/recipes/$component-$version.yaml"
-say "wrote $out/recipes/$component-$version.yaml"
+recipe_file=${recipe_file:-$component-$version.yaml}
+write_recipe "$recipe" "$component" "$version" "$out/recipes/$recipe_file"
+say "wrote $out/recipes/$recipe_file"
 
 for spec in "${plugins[@]}"; do
   plugin_component=${spec%%=*}

@@ -173,8 +173,11 @@ fn gdk_project_builds_the_host_component_at_the_workspace_version() {
     }
     let command = component["build"]["custom_build_command"].to_string();
     assert!(
-        command.contains("package.sh") && command.contains("greengrass-build"),
-        "the GDK's custom build must run scripts/package.sh into greengrass-build: {command}"
+        command.contains("package.sh")
+            && command.contains("greengrass-build")
+            && command.contains("\"recipe.yaml\""),
+        "the GDK's custom build must run scripts/package.sh into greengrass-build, writing \
+         recipe.yaml (what `gdk component publish` reads): {command}"
     );
 }
 
@@ -887,6 +890,10 @@ fn recipe_launch_follows_configuration_updates_from_the_nucleus() {
     let mut configuration = recipe["ComponentConfiguration"]["DefaultConfiguration"].clone();
     configuration["detection"]["intervalSeconds"] = json!("1");
     configuration["publish"]["ipc"]["requestTimeoutSeconds"] = json!("5");
+    configuration["plugins"]["settings"] = json!({
+        "owner-enrichment": {"order": "1", "config": {"owner": "plant-ops", "site": "lyon-2"}},
+        "port-allowlist": {"order": "2", "config": {"tcp": "22,443,8883"}}
+    });
     let nucleus = Nucleus::start(root.path(), &configuration);
     nucleus.control(json!({"cmd": "auto_reply", "mode": "accepted"}));
 
