@@ -6,6 +6,7 @@ mod delivery;
 #[cfg(feature = "firehose")]
 mod firehose;
 mod ipc;
+mod packaging;
 mod plugins;
 mod report;
 mod run;
