@@ -768,6 +768,26 @@ fn shared_fixture_profiles_load_unchanged() {
 }
 
 #[test]
+fn describe_security_profile_output_loads_as_it_is() {
+    let described = json!({
+        "securityProfileName": "P",
+        "securityProfileArn": "arn:aws:iot:eu-west-1:123456789012:securityprofile/P",
+        "securityProfileDescription": "saved with describe-security-profile",
+        "behaviors": [{"name": "Ports", "metric": "aws:listening-tcp-ports",
+            "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}}],
+        "alertTargets": {"SNS": {"alertTargetArn": "arn:aws:sns:eu-west-1:123456789012:dd", "roleArn": "arn:aws:iam::123456789012:role/dd"}},
+        "additionalMetricsToRetainV2": [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "T", "operator": "IN"}, "exportMetric": true}],
+        "metricsExportConfig": {"mqttTopic": "$aws/rules/export", "roleArn": "arn:aws:iam::123456789012:role/export"},
+        "tags": [{"Key": "team", "Value": "ot"}],
+        "version": 3,
+        "creationDate": "2026-01-01T00:00:00+00:00",
+        "lastModifiedDate": 1767225600.0
+    });
+    let loaded = profile::compile(described, "described.json").expect("loads");
+    assert_eq!(loaded.behaviors.len(), 1);
+}
+
+#[test]
 fn cloud_side_ml_and_dimension_behaviors_are_counted_and_skipped() {
     let profile = json!({"securityProfileName": "Mixed", "behaviors": [
         {"name": "Auth", "metric": "aws:num-authorization-failures", "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}, "durationSeconds": 300}},
