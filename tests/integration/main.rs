@@ -3,6 +3,7 @@
 mod cli;
 mod collect;
 mod delivery;
+mod detect;
 #[cfg(feature = "firehose")]
 mod firehose;
 mod ipc;

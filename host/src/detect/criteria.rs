@@ -333,7 +333,7 @@ mod tests {
             "10.0.0/8",
             "1.2.3.4/x",
         ] {
-            let error = Cidr::parse(bad).unwrap_err();
+            let error = Cidr::parse(bad).expect_err(bad);
             assert!(error.contains(bad), "{bad}: {error}");
         }
     }

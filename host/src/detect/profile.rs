@@ -122,6 +122,16 @@ struct ProfileDocument {
     tags: Vec<Tag>,
     #[serde(default)]
     metrics_export_config: Option<MetricsExportConfig>,
+    // What `aws iot describe-security-profile` adds to the document, so its
+    // output can be saved and loaded as it is.
+    #[serde(default)]
+    security_profile_arn: Option<String>,
+    #[serde(default)]
+    version: Option<i64>,
+    #[serde(default)]
+    creation_date: Option<Value>,
+    #[serde(default)]
+    last_modified_date: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,9 @@ use crate::sample::{EstablishedConnection, ListeningPort, NetworkStats};
 
 const PERIOD_MS: u64 = 300_000;
 
+/// Makes a sample whose metric under test has the given value.
+type SampleOf<'a> = Box<dyn Fn(u64) -> Sample + 'a>;
+
 fn one_behavior(behavior: Value) -> Value {
     json!({ "securityProfileName": "P", "behaviors": [behavior] })
 }
@@ -330,7 +333,7 @@ fn every_operator_on_every_metric_type() {
 
     // Numbers: every comparison, at, below and above the threshold, on
     // every numeric metric. Normal is `value <op> 10`.
-    let numeric_samples: Vec<(&str, Box<dyn Fn(u64) -> Sample>)> = vec![
+    let numeric_samples: Vec<(&str, SampleOf)> = vec![
         (
             "aws:num-listening-tcp-ports",
             Box::new(|n| with_tcp(&(1..=n as u16).collect::<Vec<_>>())),
@@ -717,7 +720,8 @@ fn malformed_profiles_name_profile_behavior_and_field() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    let error = profile::parse_text("{\"securityProfileName\": ", "broken.json").unwrap_err();
+    let error = profile::parse_text("{\"securityProfileName\": ", "broken.json")
+        .expect_err("broken JSON loaded");
     assert!(
         error.to_string().contains("broken.json") && error.to_string().contains("not valid JSON"),
         "{error}"
@@ -765,6 +769,26 @@ fn shared_fixture_profiles_load_unchanged() {
         "authorization failures are cloud-side"
     );
     assert_eq!(baseline.skipped[0].behavior, "AuthorizationFailures");
+}
+
+#[test]
+fn describe_security_profile_output_loads_as_it_is() {
+    let described = json!({
+        "securityProfileName": "P",
+        "securityProfileArn": "arn:aws:iot:eu-west-1:123456789012:securityprofile/P",
+        "securityProfileDescription": "saved with describe-security-profile",
+        "behaviors": [{"name": "Ports", "metric": "aws:listening-tcp-ports",
+            "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}}],
+        "alertTargets": {"SNS": {"alertTargetArn": "arn:aws:sns:eu-west-1:123456789012:dd", "roleArn": "arn:aws:iam::123456789012:role/dd"}},
+        "additionalMetricsToRetainV2": [{"metric": "aws:num-messages-sent", "metricDimension": {"dimensionName": "T", "operator": "IN"}, "exportMetric": true}],
+        "metricsExportConfig": {"mqttTopic": "$aws/rules/export", "roleArn": "arn:aws:iam::123456789012:role/export"},
+        "tags": [{"Key": "team", "Value": "ot"}],
+        "version": 3,
+        "creationDate": "2026-01-01T00:00:00+00:00",
+        "lastModifiedDate": 1767225600.0
+    });
+    let loaded = profile::compile(described, "described.json").expect("loads");
+    assert_eq!(loaded.behaviors.len(), 1);
 }
 
 #[test]
@@ -1176,7 +1200,7 @@ fn configuration_defaults_checks_and_topic() {
         ),
     ] {
         let error = crate::config::Config::from_json(text, "test")
-            .unwrap_err()
+            .expect_err(text)
             .to_string();
         assert!(error.contains(key), "{text}: {error}");
     }
@@ -1217,7 +1241,7 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         ..DetectionConfig::default()
     };
     let error = Detector::new(&missing, dir.path(), &Status::new())
-        .unwrap_err()
+        .expect_err("a missing file loaded")
         .to_string();
     assert!(error.contains("nope.json"), "{error}");
 
@@ -1226,7 +1250,7 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         ..DetectionConfig::default()
     };
     let error = Detector::new(&twice, dir.path(), &Status::new())
-        .unwrap_err()
+        .expect_err("a profile given twice loaded")
         .to_string();
     assert!(error.contains("`P`") && error.contains("twice"), "{error}");
 
