@@ -26,7 +26,8 @@ fn repo() -> PathBuf {
 }
 
 /// The captured fixture proc tree with `connections` established TCP
-/// connections from 192.0.2.15 (eth0) to 250 distinct remote addresses added.
+/// connections from 192.0.2.15 (eth0) to up to 250 distinct remote
+/// addresses added.
 fn proc_tree(connections: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let from = repo().join("tests/fixtures/proc/captured");
@@ -97,7 +98,16 @@ fn profile() -> serde_json::Value {
 }
 
 fn bench(c: &mut Criterion) {
-    let tree = proc_tree(CONNECTIONS);
+    // The captured tree has a few connections of its own; add the rest.
+    let captured = Collector::new(&CollectConfig {
+        proc_root: repo().join("tests/fixtures/proc/captured"),
+        include_loopback_traffic: false,
+    })
+    .sample("bench-thing", 0, None)
+    .sample
+    .established_connections
+    .len();
+    let tree = proc_tree(CONNECTIONS - captured);
     let collector = Collector::new(&CollectConfig {
         proc_root: tree.path().to_owned(),
         include_loopback_traffic: false,
