@@ -421,7 +421,17 @@ fn pi_binary(target: &PiTarget) -> PathBuf {
         target.triple
     );
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // Cargo gives tests this package's CARGO_PKG_* and friends; ring's build
+    // script watches some of them, so passing them on would rebuild ring and
+    // everything above it instead of reusing `scripts/package.sh`'s build.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_") && name != "CARGO_HOME" {
+            cmd.env_remove(&*name);
+        }
+    }
+    let out = cmd
         .current_dir(support::repo())
         .args([
             "build",
