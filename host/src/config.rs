@@ -246,13 +246,14 @@ mod tests {
             r#"{"publish": {"mqtt": {"port": "443", "alpn": ""}}}"#,
             "test",
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(config.publish.mqtt.port, 443);
         assert_eq!(config.publish.mqtt.alpn, None);
-        let config = Config::from_json(r#"{"publish": {"mqtt": {"alpn": null}}}"#, "test").unwrap();
+        let config =
+            Config::from_json(r#"{"publish": {"mqtt": {"alpn": null}}}"#, "test").expect("valid");
         assert_eq!(config.publish.mqtt.alpn, None);
         let config =
-            Config::from_json(r#"{"publish": {"mqtt": {"alpn": "true"}}}"#, "test").unwrap();
+            Config::from_json(r#"{"publish": {"mqtt": {"alpn": "true"}}}"#, "test").expect("valid");
         assert_eq!(config.publish.mqtt.alpn, Some(true));
     }
 
@@ -272,7 +273,9 @@ mod tests {
                 "publish.firehose.deliveryStream",
             ),
         ] {
-            let error = Config::from_json(text, "test").unwrap_err().to_string();
+            let error = Config::from_json(text, "test")
+                .expect_err("invalid")
+                .to_string();
             assert!(error.contains(key), "{text}: {error}");
         }
     }
