@@ -158,10 +158,10 @@ pub async fn run(
             info!("applied configuration update");
             status.add("run.configuration_updates", 1);
         }
-        if let Some(ipc) = &ipc {
-            if let Err(error) = ipc.update_state(ComponentState::Running).await {
-                warn!(%error, "cannot report the RUNNING state to the nucleus");
-            }
+        if let Some(ipc) = &ipc
+            && let Err(error) = ipc.update_state(ComponentState::Running).await
+        {
+            warn!(%error, "cannot report the RUNNING state to the nucleus");
         }
         session.last_report = last_report;
         let ended = session
@@ -279,11 +279,16 @@ impl Session {
         status.set_text("run.thing", thing.clone());
         let collector = Collector::new(&config.collect);
         let plugins = match config.plugins.dir {
-            Some(_) => Some(PluginHost::start(
-                &config.plugins,
-                &state.subdir("plugin-cache")?,
-                status.clone(),
-            )?),
+            // Loading compiles and instantiates plugins, and wasmtime-wasi
+            // drives its own futures to completion there: it must run where
+            // blocking is allowed, not on an async worker.
+            Some(_) => {
+                let cache = state.subdir("plugin-cache")?;
+                let host = tokio::task::block_in_place(|| {
+                    PluginHost::start(&config.plugins, &cache, status.clone())
+                })?;
+                Some(host)
+            }
             None => None,
         };
         let detector = Detector::new(&config.detection, state.path(), &status)
@@ -643,10 +648,10 @@ impl Session {
             firehose.shutdown().await;
             let _ = task.await;
         }
-        if let Some(transport) = self.transport.take() {
-            if let AnyTransport::Mqtt(mqtt) = &*transport {
-                mqtt.shutdown().await;
-            }
+        if let Some(transport) = self.transport.take()
+            && let AnyTransport::Mqtt(mqtt) = &*transport
+        {
+            mqtt.shutdown().await;
         }
         if let Err(error) = self.detector.save(now_ms(), true) {
             warn!(%error, "cannot save the detection statistics");

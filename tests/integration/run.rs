@@ -493,3 +493,39 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
     assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
     nucleus.assert_no_violations();
 }
+
+/// A plugin with a directory grant loads and runs inside `run`'s async
+/// runtime (WASI preopens drive futures of their own; loading must not
+/// happen on an async worker).
+#[test]
+fn run_loads_a_plugin_with_a_directory_grant() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("plugins dir");
+    std::fs::copy(
+        crate::plugins::wasm("system-metrics"),
+        plugins.join("system-metrics.wasm"),
+    )
+    .expect("copy plugin");
+    let config = json!({
+        "stateDir": dir.path().join("state"),
+        "plugins": {"dir": plugins, "settings": {"system-metrics": {
+            "config": {"procDir": "/proc"},
+            "grants": {"readDirs": {"/proc": "/proc"}}}}}
+    });
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).expect("config");
+    let out = Command::new(support::bin())
+        .args(["run", "--once", "--config"])
+        .arg(&path)
+        .env_remove("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert!(
+        report["custom_metrics"]["memory_used_percent"].is_array(),
+        "the plugin's metric is in the report: {report}"
+    );
+}
