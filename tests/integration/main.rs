@@ -7,6 +7,7 @@ mod delivery;
 mod firehose;
 mod ipc;
 mod plugins;
+mod plugins_precompiled;
 mod report;
 mod run;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.

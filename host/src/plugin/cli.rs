@@ -49,13 +49,53 @@ pub enum PluginCommand {
         #[arg(long = "grant-dir", value_name = "GUEST=HOST", value_parser = key_value)]
         grant_dirs: Vec<(String, String)>,
     },
-    /// Compile every plugin in the plugin directory into the cache, so the
-    /// first start after installation does not compile
+    /// Precompile one plugin for a device (FILE, --target, -o), or compile
+    /// every plugin in the plugin directory into this host's cache (--dir)
     Compile {
-        /// The plugin directory; defaults to `plugins.dir` of the configuration
+        /// A plugin (.wasm) to precompile into a .cwasm artifact for the
+        /// device given by --target; a host loads it only with
+        /// `plugins.trustPrecompiled: true`
+        #[arg(conflicts_with = "dir")]
+        file: Option<PathBuf>,
+        /// The device's architecture; defaults to this machine (and its CPU's
+        /// features)
+        #[arg(long, value_enum, requires = "file")]
+        target: Option<Target>,
+        /// Where to write the artifact; defaults to FILE with the extension
+        /// .cwasm
+        #[arg(short, long, requires = "file")]
+        output: Option<PathBuf>,
+        /// The plugin directory to compile into the cache; defaults to
+        /// `plugins.dir` of the configuration
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// A device architecture to precompile for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// 64-bit x86 (Cranelift, baseline CPU features)
+    #[value(name = "x86_64")]
+    X86_64,
+    /// 64-bit ARM: Raspberry Pi OS 64-bit, Pi 3/4/5 (Cranelift)
+    Aarch64,
+    /// 32-bit ARM: Raspberry Pi OS 32-bit (the Pulley interpreter, as the
+    /// armv7 host runs it: Cranelift has no 32-bit ARM backend)
+    Armv7,
+}
+
+impl Target {
+    /// The wasmtime target the device's host engine uses.
+    pub fn wasmtime_target(self) -> &'static str {
+        match self {
+            Target::X86_64 => "x86_64-unknown-linux-gnu",
+            Target::Aarch64 => "aarch64-unknown-linux-gnu",
+            // Little-endian 32-bit Pulley bytecode: what wasmtime picks by
+            // default on armv7 (`Triple::pulley_host()`).
+            Target::Armv7 => "pulley32",
+        }
+    }
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -83,7 +123,18 @@ pub fn run(
             config,
             grant_dirs,
         } => test(&file, &sample, config, grant_dirs, out),
-        PluginCommand::Compile { dir } => {
+        PluginCommand::Compile {
+            file: Some(file),
+            target,
+            output,
+            dir: _,
+        } => {
+            let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
+            precompile(&file, target, &output, out)
+        }
+        PluginCommand::Compile {
+            file: None, dir, ..
+        } => {
             let dir = dir.or_else(|| config.dir.clone()).context(
                 "no plugin directory: pass --dir or set plugins.dir in the configuration",
             )?;
@@ -290,10 +341,61 @@ fn test(
     Ok(())
 }
 
+/// Precompiles `file` for `target` into `output` (temp file + rename, so a
+/// watching host never sees half an artifact). For this machine the result
+/// is loaded back, which checks it end to end; a cross-target artifact is
+/// checked by the device's host when it loads it.
+fn precompile(
+    file: &Path,
+    target: Option<Target>,
+    output: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if output.extension().is_none_or(|e| e != "cwasm") {
+        bail!(
+            "-o {}: a precompiled plugin must end in .cwasm, which is how the host recognises it",
+            output.display()
+        );
+    }
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let started = Instant::now();
+    let bytes = runtime::precompile_for(target.map(Target::wasmtime_target), &wasm)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    let took = started.elapsed();
+    let tmp = output.with_extension(format!("cwasm.tmp{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, output)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
+    let target_name = match target {
+        Some(t) => t.wasmtime_target().to_owned(),
+        None => "this machine".to_owned(),
+    };
+    writeln!(
+        out,
+        "{}: {} bytes for {target_name} (wasmtime {}) in {} ms",
+        output.display(),
+        bytes.len(),
+        runtime::WASMTIME_VERSION,
+        took.as_millis()
+    )?;
+    if target.is_none() {
+        let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rt.load_precompiled(&name, output)?;
+        writeln!(out, "ok: loads on this host")?;
+    }
+    Ok(())
+}
+
 fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
-    let files =
-        super::wasm_files(dir).with_context(|| format!("plugin directory {}", dir.display()))?;
+    let files = super::plugin_files(dir)
+        .with_context(|| format!("plugin directory {}", dir.display()))?
+        .into_iter()
+        .filter(|(_, path)| path.extension().is_some_and(|e| e == "wasm"));
     let mut failed = Vec::new();
     for (name, path) in files {
         let wasm =
