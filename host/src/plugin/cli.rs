@@ -16,15 +16,19 @@ use crate::status::Status;
 /// `defender-edge plugin <command>`.
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
-    /// Create a plugin crate from the SDK template, in `<dir>/<name>`
+    /// Create a plugin project from the SDK template, in `<dir>/<name>`
     New {
         /// Plugin name: lowercase letters, digits and dashes
         name: String,
-        /// Where to create the crate folder
+        /// Where to create the project folder
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The SDK crate (plugins/sdk in the defender-edge source); defaults
-        /// to the one this binary was built from, when it still exists
+        /// The language to write the plugin in
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// The SDK (plugins/sdk or plugins/sdk-python in the defender-edge
+        /// source); defaults to the one this binary was built from, when it
+        /// still exists
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -115,7 +119,12 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::New { name, dir, sdk } => new(&name, &dir, sdk.as_deref(), out),
+        PluginCommand::New {
+            name,
+            dir,
+            lang,
+            sdk,
+        } => new(&name, &dir, lang, sdk.as_deref(), out),
         PluginCommand::Check { file } => check(&file, out),
         PluginCommand::Test {
             file,
@@ -166,7 +175,52 @@ const TEMPLATE: [(&str, &str); 5] = [
     ),
 ];
 
-fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<()> {
+/// A plugin language `plugin new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A cdylib crate on plugins/sdk, built with cargo for wasm32-wasip2
+    Rust,
+    /// An app module on plugins/sdk-python, built with componentize-py
+    Python,
+}
+
+/// The componentize-py release the Python SDK is tested with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+const PYTHON_TEMPLATE: [(&str, &str); 6] = [
+    (
+        "app.py",
+        include_str!("../../../plugins/sdk-python/template/app.py.tmpl"),
+    ),
+    (
+        "test_app.py",
+        include_str!("../../../plugins/sdk-python/template/test_app.py.tmpl"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../../plugins/sdk-python/template/build.sh.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../plugins/sdk-python/template/README.md.tmpl"),
+    ),
+    (
+        "sample.json",
+        include_str!("../../../plugins/template/sample.json.tmpl"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../plugins/sdk-python/template/gitignore.tmpl"),
+    ),
+];
+
+fn new(
+    name: &str,
+    parent: &Path,
+    lang: Lang,
+    sdk: Option<&Path>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -178,19 +232,35 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
             "plugin name {name:?} must start with a-z and use only a-z, 0-9 and -, at most 64 characters"
         );
     }
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+    let (folder, marker, template, next) = match lang {
+        Lang::Rust => (
+            "plugins/sdk",
+            "Cargo.toml",
+            &TEMPLATE[..],
+            "cargo test && cargo build --target wasm32-wasip2 --release",
+        ),
+        Lang::Python => (
+            "plugins/sdk-python",
+            "defender_plugin/__init__.py",
+            &PYTHON_TEMPLATE[..],
+            "./build.sh test && ./build.sh",
+        ),
+    };
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(folder);
     let sdk = match sdk {
         Some(p) => p.to_owned(),
-        None if built_from.join("Cargo.toml").is_file() => built_from,
+        None if built_from.join(marker).is_file() => built_from,
         None => bail!(
-            "cannot find the plugin SDK: pass --sdk PATH (the plugins/sdk folder of the defender-edge source)"
+            "cannot find the plugin SDK: pass --sdk PATH (the {folder} folder of the defender-edge source)"
         ),
     };
     let sdk = sdk
         .canonicalize()
         .with_context(|| format!("--sdk {}", sdk.display()))?;
-    if !sdk.join("Cargo.toml").is_file() {
-        bail!("--sdk {}: no Cargo.toml there", sdk.display());
+    if !sdk.join(marker).is_file() {
+        bail!("--sdk {}: no {marker} there", sdk.display());
     }
     let root = parent.join(name);
     if root.exists() {
@@ -205,7 +275,7 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
                 .unwrap_or_default()
         })
         .collect();
-    for (rel, text) in TEMPLATE {
+    for &(rel, text) in template {
         let path = root.join(rel);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -215,15 +285,18 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
             .replace("{{name}}", name)
             .replace("{{crate_name}}", &name.replace('-', "_"))
             .replace("{{type_name}}", &type_name)
-            .replace("{{sdk_path}}", &sdk.display().to_string());
+            .replace("{{sdk_path}}", &sdk.display().to_string())
+            .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        #[cfg(unix)]
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot make {} executable", path.display()))?;
+        }
     }
     writeln!(out, "created {} (SDK: {})", root.display(), sdk.display())?;
-    writeln!(
-        out,
-        "next: cd {} && cargo test && cargo build --target wasm32-wasip2 --release",
-        root.display()
-    )?;
+    writeln!(out, "next: cd {} && {next}", root.display())?;
     Ok(())
 }
 
