@@ -8,6 +8,7 @@ mod firehose;
 mod ipc;
 mod plugins;
 mod plugins_precompiled;
+mod plugins_python;
 mod report;
 mod run;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
