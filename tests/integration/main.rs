@@ -9,6 +9,8 @@ mod firehose;
 mod ipc;
 mod packaging;
 mod plugins;
+mod plugins_precompiled;
+mod plugins_python;
 mod report;
 mod run;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.

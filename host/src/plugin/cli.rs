@@ -16,15 +16,19 @@ use crate::status::Status;
 /// `defender-edge plugin <command>`.
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
-    /// Create a plugin crate from the SDK template, in `<dir>/<name>`
+    /// Create a plugin project from the SDK template, in `<dir>/<name>`
     New {
         /// Plugin name: lowercase letters, digits and dashes
         name: String,
-        /// Where to create the crate folder
+        /// Where to create the project folder
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The SDK crate (plugins/sdk in the defender-edge source); defaults
-        /// to the one this binary was built from, when it still exists
+        /// The language to write the plugin in
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Lang,
+        /// The SDK (plugins/sdk or plugins/sdk-python in the defender-edge
+        /// source); defaults to the one this binary was built from, when it
+        /// still exists
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -49,13 +53,53 @@ pub enum PluginCommand {
         #[arg(long = "grant-dir", value_name = "GUEST=HOST", value_parser = key_value)]
         grant_dirs: Vec<(String, String)>,
     },
-    /// Compile every plugin in the plugin directory into the cache, so the
-    /// first start after installation does not compile
+    /// Precompile one plugin for a device (FILE, --target, -o), or compile
+    /// every plugin in the plugin directory into this host's cache (--dir)
     Compile {
-        /// The plugin directory; defaults to `plugins.dir` of the configuration
+        /// A plugin (.wasm) to precompile into a .cwasm artifact for the
+        /// device given by --target; a host loads it only with
+        /// `plugins.trustPrecompiled: true`
+        #[arg(conflicts_with = "dir")]
+        file: Option<PathBuf>,
+        /// The device's architecture; defaults to this machine (and its CPU's
+        /// features)
+        #[arg(long, value_enum, requires = "file")]
+        target: Option<Target>,
+        /// Where to write the artifact; defaults to FILE with the extension
+        /// .cwasm
+        #[arg(short, long, requires = "file")]
+        output: Option<PathBuf>,
+        /// The plugin directory to compile into the cache; defaults to
+        /// `plugins.dir` of the configuration
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+/// A device architecture to precompile for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// 64-bit x86 (Cranelift, baseline CPU features)
+    #[value(name = "x86_64")]
+    X86_64,
+    /// 64-bit ARM: Raspberry Pi OS 64-bit, Pi 3/4/5 (Cranelift)
+    Aarch64,
+    /// 32-bit ARM: Raspberry Pi OS 32-bit (the Pulley interpreter, as the
+    /// armv7 host runs it: Cranelift has no 32-bit ARM backend)
+    Armv7,
+}
+
+impl Target {
+    /// The wasmtime target the device's host engine uses.
+    pub fn wasmtime_target(self) -> &'static str {
+        match self {
+            Target::X86_64 => "x86_64-unknown-linux-gnu",
+            Target::Aarch64 => "aarch64-unknown-linux-gnu",
+            // Little-endian 32-bit Pulley bytecode: what wasmtime picks by
+            // default on armv7 (`Triple::pulley_host()`).
+            Target::Armv7 => "pulley32",
+        }
+    }
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -75,7 +119,12 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::New { name, dir, sdk } => new(&name, &dir, sdk.as_deref(), out),
+        PluginCommand::New {
+            name,
+            dir,
+            lang,
+            sdk,
+        } => new(&name, &dir, lang, sdk.as_deref(), out),
         PluginCommand::Check { file } => check(&file, out),
         PluginCommand::Test {
             file,
@@ -83,7 +132,18 @@ pub fn run(
             config,
             grant_dirs,
         } => test(&file, &sample, config, grant_dirs, out),
-        PluginCommand::Compile { dir } => {
+        PluginCommand::Compile {
+            file: Some(file),
+            target,
+            output,
+            dir: _,
+        } => {
+            let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
+            precompile(&file, target, &output, out)
+        }
+        PluginCommand::Compile {
+            file: None, dir, ..
+        } => {
             let dir = dir.or_else(|| config.dir.clone()).context(
                 "no plugin directory: pass --dir or set plugins.dir in the configuration",
             )?;
@@ -115,7 +175,52 @@ const TEMPLATE: [(&str, &str); 5] = [
     ),
 ];
 
-fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> anyhow::Result<()> {
+/// A plugin language `plugin new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A cdylib crate on plugins/sdk, built with cargo for wasm32-wasip2
+    Rust,
+    /// An app module on plugins/sdk-python, built with componentize-py
+    Python,
+}
+
+/// The componentize-py release the Python SDK is tested with.
+pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
+
+const PYTHON_TEMPLATE: [(&str, &str); 6] = [
+    (
+        "app.py",
+        include_str!("../../../plugins/sdk-python/template/app.py.tmpl"),
+    ),
+    (
+        "test_app.py",
+        include_str!("../../../plugins/sdk-python/template/test_app.py.tmpl"),
+    ),
+    (
+        "build.sh",
+        include_str!("../../../plugins/sdk-python/template/build.sh.tmpl"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../plugins/sdk-python/template/README.md.tmpl"),
+    ),
+    (
+        "sample.json",
+        include_str!("../../../plugins/template/sample.json.tmpl"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../plugins/sdk-python/template/gitignore.tmpl"),
+    ),
+];
+
+fn new(
+    name: &str,
+    parent: &Path,
+    lang: Lang,
+    sdk: Option<&Path>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -127,19 +232,35 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
             "plugin name {name:?} must start with a-z and use only a-z, 0-9 and -, at most 64 characters"
         );
     }
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+    let (folder, marker, template, next) = match lang {
+        Lang::Rust => (
+            "plugins/sdk",
+            "Cargo.toml",
+            &TEMPLATE[..],
+            "cargo test && cargo build --target wasm32-wasip2 --release",
+        ),
+        Lang::Python => (
+            "plugins/sdk-python",
+            "defender_plugin/__init__.py",
+            &PYTHON_TEMPLATE[..],
+            "./build.sh test && ./build.sh",
+        ),
+    };
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(folder);
     let sdk = match sdk {
         Some(p) => p.to_owned(),
-        None if built_from.join("Cargo.toml").is_file() => built_from,
+        None if built_from.join(marker).is_file() => built_from,
         None => bail!(
-            "cannot find the plugin SDK: pass --sdk PATH (the plugins/sdk folder of the defender-edge source)"
+            "cannot find the plugin SDK: pass --sdk PATH (the {folder} folder of the defender-edge source)"
         ),
     };
     let sdk = sdk
         .canonicalize()
         .with_context(|| format!("--sdk {}", sdk.display()))?;
-    if !sdk.join("Cargo.toml").is_file() {
-        bail!("--sdk {}: no Cargo.toml there", sdk.display());
+    if !sdk.join(marker).is_file() {
+        bail!("--sdk {}: no {marker} there", sdk.display());
     }
     let root = parent.join(name);
     if root.exists() {
@@ -154,7 +275,7 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
                 .unwrap_or_default()
         })
         .collect();
-    for (rel, text) in TEMPLATE {
+    for &(rel, text) in template {
         let path = root.join(rel);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -164,15 +285,18 @@ fn new(name: &str, parent: &Path, sdk: Option<&Path>, out: &mut dyn Write) -> an
             .replace("{{name}}", name)
             .replace("{{crate_name}}", &name.replace('-', "_"))
             .replace("{{type_name}}", &type_name)
-            .replace("{{sdk_path}}", &sdk.display().to_string());
+            .replace("{{sdk_path}}", &sdk.display().to_string())
+            .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        #[cfg(unix)]
+        if rel.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot make {} executable", path.display()))?;
+        }
     }
     writeln!(out, "created {} (SDK: {})", root.display(), sdk.display())?;
-    writeln!(
-        out,
-        "next: cd {} && cargo test && cargo build --target wasm32-wasip2 --release",
-        root.display()
-    )?;
+    writeln!(out, "next: cd {} && {next}", root.display())?;
     Ok(())
 }
 
@@ -290,10 +414,61 @@ fn test(
     Ok(())
 }
 
+/// Precompiles `file` for `target` into `output` (temp file + rename, so a
+/// watching host never sees half an artifact). For this machine the result
+/// is loaded back, which checks it end to end; a cross-target artifact is
+/// checked by the device's host when it loads it.
+fn precompile(
+    file: &Path,
+    target: Option<Target>,
+    output: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if output.extension().is_none_or(|e| e != "cwasm") {
+        bail!(
+            "-o {}: a precompiled plugin must end in .cwasm, which is how the host recognises it",
+            output.display()
+        );
+    }
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let started = Instant::now();
+    let bytes = runtime::precompile_for(target.map(Target::wasmtime_target), &wasm)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", file.display()))?;
+    let took = started.elapsed();
+    let tmp = output.with_extension(format!("cwasm.tmp{}", std::process::id()));
+    std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, output)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), output.display()))?;
+    let target_name = match target {
+        Some(t) => t.wasmtime_target().to_owned(),
+        None => "this machine".to_owned(),
+    };
+    writeln!(
+        out,
+        "{}: {} bytes for {target_name} (wasmtime {}) in {} ms",
+        output.display(),
+        bytes.len(),
+        runtime::WASMTIME_VERSION,
+        took.as_millis()
+    )?;
+    if target.is_none() {
+        let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+        let name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        rt.load_precompiled(&name, output)?;
+        writeln!(out, "ok: loads on this host")?;
+    }
+    Ok(())
+}
+
 fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
-    let files =
-        super::wasm_files(dir).with_context(|| format!("plugin directory {}", dir.display()))?;
+    let files = super::plugin_files(dir)
+        .with_context(|| format!("plugin directory {}", dir.display()))?
+        .into_iter()
+        .filter(|(_, path)| path.extension().is_some_and(|e| e == "wasm"));
     let mut failed = Vec::new();
     for (name, path) in files {
         let wasm =

@@ -17,6 +17,13 @@ pub struct PluginsConfig {
     /// Watch `dir` and load added, replaced or removed plugins while running.
     #[serde(deserialize_with = "lenient::bool")]
     pub hot_reload: bool,
+    /// Load `<name>.cwasm` artifacts from `dir` (precompiled by `defender-edge
+    /// plugin compile --target`) instead of compiling `<name>.wasm`. wasmtime
+    /// cannot validate precompiled code, so only set this when the folder's
+    /// contents are verified by the deployment (Greengrass checks artifact
+    /// digests) and writable by no one else.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub trust_precompiled: bool,
     /// Settings per plugin, keyed by plugin name (the file stem). A plugin in
     /// `dir` without an entry runs with the defaults.
     pub settings: BTreeMap<String, PluginSettings>,

@@ -31,6 +31,9 @@ pub enum LoadStage {
     Read,
     /// Not a valid component, or compilation failed.
     Compile,
+    /// A precompiled artifact (`<name>.cwasm`) built for another engine,
+    /// target or wasmtime release, or not an artifact at all.
+    Precompiled,
     /// Built for an incompatible version of the plugin interface.
     Version,
     /// Imports something the host does not provide.
@@ -46,6 +49,7 @@ impl std::fmt::Display for LoadStage {
         f.write_str(match self {
             LoadStage::Read => "read",
             LoadStage::Compile => "compile",
+            LoadStage::Precompiled => "precompiled load",
             LoadStage::Version => "version check",
             LoadStage::Link => "link",
             LoadStage::Grants => "grants",

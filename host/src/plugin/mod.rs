@@ -19,6 +19,11 @@
 //!   async callers use [`PluginHost::process_async`].
 //! - **Compiled code is cached** under the host's own cache directory, keyed
 //!   by the wasm's sha256 and the engine's compatibility hash.
+//! - **Precompiled artifacts** (`<name>.cwasm`, built on a developer machine
+//!   with `plugin compile --target`) are loaded from the plugin directory
+//!   only when `plugins.trustPrecompiled` says the deployment vouches for
+//!   them; one built for another engine is refused by name, and the plugin
+//!   falls back to compiling its `.wasm` when there is one.
 
 pub mod cli;
 mod config;
@@ -41,7 +46,7 @@ pub use runtime::{WIT_PACKAGE, WIT_VERSION};
 
 use crate::sample::Sample;
 use crate::status::Status;
-use runtime::{FailureKind, Plugin, PluginPre, Runtime, State};
+use runtime::{FailureKind, Origin, Plugin, PluginPre, Runtime, State};
 
 /// A backoff is reset to its base after this long without failures.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
@@ -121,7 +126,15 @@ struct SlotState {
 
 struct Version {
     pre: PluginPre<State>,
-    sha256: String,
+}
+
+/// The files one plugin may be loaded from.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    /// `<name>.wasm`; need not exist when `precompiled` does.
+    wasm: PathBuf,
+    /// `<name>.cwasm`, when it exists and the configuration trusts it.
+    precompiled: Option<PathBuf>,
 }
 
 struct Live {
@@ -163,11 +176,18 @@ impl PluginHost {
             path: cache_dir.to_owned(),
             source,
         })?;
-        let files = wasm_files(dir).map_err(|source| PluginError::Dir {
+        let files = plugin_files(dir).map_err(|source| PluginError::Dir {
             path: dir.clone(),
             source,
         })?;
-        let mut names: BTreeSet<String> = files.iter().map(|(n, _)| n.clone()).collect();
+        let mut names = BTreeSet::new();
+        for (name, path) in &files {
+            if is_precompiled(path) && !config.trust_precompiled {
+                warn!(plugin = %name, path = %path.display(), "ignoring precompiled artifact: plugins.trustPrecompiled is false");
+                continue;
+            }
+            names.insert(name.clone());
+        }
         names.extend(config.settings.keys().cloned());
         for name in names {
             let settings = config.settings.get(&name).cloned().unwrap_or_default();
@@ -178,8 +198,8 @@ impl PluginHost {
                 continue;
             }
             let slot = inner.slot(&name, settings);
-            match files.iter().find(|(n, _)| *n == name) {
-                Some((_, path)) => inner.load(&slot, path),
+            match inner.source(&name) {
+                Some(source) => inner.load(&slot, &source),
                 None => {
                     warn!(plugin = %name, dir = %dir.display(), "configured plugin has no .wasm file");
                     inner.status.set_text(&key(&name, "state"), "missing");
@@ -255,7 +275,9 @@ impl PluginHost {
     }
 
     /// One plugin from any file, without the compile cache or watcher: for
-    /// `plugin test`. Load failures are returned rather than only logged.
+    /// `plugin test`. Load failures are returned rather than only logged. A
+    /// `.cwasm` file is loaded as a precompiled artifact: naming it on the
+    /// command line is the trust.
     pub(crate) fn single(
         name: &str,
         path: &Path,
@@ -274,13 +296,24 @@ impl PluginHost {
             watcher: Mutex::new(None),
         });
         let slot = inner.slot(name, settings);
-        inner.try_load(&slot, path)?;
+        let source = if is_precompiled(path) {
+            Source {
+                wasm: path.with_extension("wasm"),
+                precompiled: Some(path.to_owned()),
+            }
+        } else {
+            Source {
+                wasm: path.to_owned(),
+                precompiled: None,
+            }
+        };
+        inner.try_load(&slot, &source)?;
         Ok(PluginHost { inner })
     }
 
-    /// Loads (or reloads) `<dir>/<name>.wasm` now, as the watcher would; a
-    /// disabled plugin is enabled again. The previous version stays when the
-    /// new one fails.
+    /// Loads (or reloads) `<dir>/<name>.wasm` (or the trusted `<name>.cwasm`)
+    /// now, as the watcher would; a disabled plugin is enabled again. The
+    /// previous version stays when the new one fails.
     pub fn reload(&self, name: &str) -> Result<(), LoadError> {
         let Some(dir) = &self.inner.config.dir else {
             return Err(LoadError {
@@ -289,10 +322,13 @@ impl PluginHost {
                 message: "no plugin directory configured".into(),
             });
         };
-        let path = dir.join(format!("{name}.wasm"));
+        let source = self.inner.source(name).unwrap_or_else(|| Source {
+            wasm: dir.join(format!("{name}.wasm")),
+            precompiled: None,
+        });
         let settings = self.inner.settings_for(name);
         let slot = self.inner.slot(name, settings);
-        self.inner.try_load(&slot, &path)
+        self.inner.try_load(&slot, &source)
     }
 }
 
@@ -301,8 +337,8 @@ fn key(name: &str, what: &str) -> String {
     format!("plugin.{name}.{what}")
 }
 
-/// `(name, path)` of every `*.wasm` file in `dir`, sorted.
-fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+/// `(name, path)` of every `*.wasm` and `*.cwasm` file in `dir`, sorted.
+pub(crate) fn plugin_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -316,17 +352,33 @@ fn wasm_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// The plugin name of `path`, if it is a `.wasm` file that is not hidden
-/// (editors and atomic writers use hidden temporaries).
+/// The plugin name of `path`, if it is a `.wasm` or `.cwasm` file that is
+/// not hidden (editors and atomic writers use hidden temporaries).
 fn plugin_name(path: &Path) -> Option<String> {
-    if path.extension()? != "wasm" {
+    let ext = path.extension()?;
+    if ext != "wasm" && ext != "cwasm" {
         return None;
     }
     let stem = path.file_stem()?.to_str()?;
     (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
 }
 
+/// Whether `path` names a precompiled artifact rather than a component.
+fn is_precompiled(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "cwasm")
+}
+
 impl Inner {
+    /// Where plugin `name` loads from, or `None` when the plugin directory
+    /// holds nothing for it (an untrusted `.cwasm` counts as nothing).
+    fn source(&self, name: &str) -> Option<Source> {
+        let dir = self.config.dir.as_ref()?;
+        let wasm = dir.join(format!("{name}.wasm"));
+        let precompiled = Some(dir.join(format!("{name}.cwasm")))
+            .filter(|p| self.config.trust_precompiled && p.is_file());
+        (precompiled.is_some() || wasm.is_file()).then_some(Source { wasm, precompiled })
+    }
+
     fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Slot>>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -352,37 +404,57 @@ impl Inner {
         slot
     }
 
-    /// Loads a file into a slot, logging and counting a failure.
-    fn load(&self, slot: &Slot, path: &Path) {
-        if let Err(e) = self.try_load(slot, path) {
+    /// Loads a plugin into a slot, logging and counting a failure.
+    fn load(&self, slot: &Slot, source: &Source) {
+        if let Err(e) = self.try_load(slot, source) {
             error!(plugin = %slot.name, stage = %e.stage, error = %e.message, "plugin failed to load; keeping the previous version if any");
         }
     }
 
-    /// Reads, compiles, links and initialises `path`; on success the new
+    /// The plugin's compiled code: the trusted precompiled artifact, or else
+    /// the `.wasm` compiled or taken from the cache. A refused artifact falls
+    /// back to the `.wasm` when there is one (a monitor that keeps running
+    /// beats one that waits for a fixed artifact), loudly and counted.
+    fn code(
+        &self,
+        name: &str,
+        source: &Source,
+    ) -> Result<(PluginPre<State>, Origin, String), LoadError> {
+        if let Some(artifact) = &source.precompiled {
+            match self.runtime.load_precompiled(name, artifact) {
+                Ok(pre) => return Ok((pre, Origin::Precompiled, artifact.display().to_string())),
+                Err(e) if source.wasm.is_file() => {
+                    warn!(plugin = %name, error = %e.message, wasm = %source.wasm.display(), "precompiled artifact refused; compiling the .wasm instead");
+                    self.status.add(&key(name, "precompiled_refused"), 1);
+                    self.status
+                        .set_text(&key(name, "last_error"), e.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let path = &source.wasm;
+        let wasm = std::fs::read(path).map_err(|e| LoadError {
+            plugin: name.to_owned(),
+            stage: LoadStage::Read,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        let (pre, origin) = self.runtime.load(name, &wasm, self.cache_dir.as_deref())?;
+        let sha256 = format!("{:x}", Sha256::digest(&wasm));
+        Ok((pre, origin, format!("sha256 {}", &sha256[..12])))
+    }
+
+    /// Reads, compiles, links and initialises the plugin; on success the new
     /// version replaces the old one, otherwise the old one stays.
-    fn try_load(&self, slot: &Slot, path: &Path) -> Result<(), LoadError> {
+    fn try_load(&self, slot: &Slot, source: &Source) -> Result<(), LoadError> {
         let name = &slot.name;
-        let result = (|| -> Result<(Version, Live, Duration), LoadError> {
-            let wasm = std::fs::read(path).map_err(|e| LoadError {
-                plugin: name.clone(),
-                stage: LoadStage::Read,
-                message: format!("cannot read {}: {e}", path.display()),
-            })?;
+        let result = (|| -> Result<(Version, Live, Duration, Origin, String), LoadError> {
             let started = Instant::now();
-            let pre = self.runtime.load(name, &wasm, self.cache_dir.as_deref())?;
+            let (pre, origin, id) = self.code(name, source)?;
             let compiled = started.elapsed();
             let live = self.instantiate(slot, &pre)?;
-            Ok((
-                Version {
-                    pre,
-                    sha256: format!("{:x}", Sha256::digest(&wasm)),
-                },
-                live,
-                compiled,
-            ))
+            Ok((Version { pre }, live, compiled, origin, id))
         })();
-        let (version, live, compiled) = match result {
+        let (version, live, compiled, origin, id) = match result {
             Ok(v) => v,
             Err(e) => {
                 self.status.add(&key(name, "load_errors"), 1);
@@ -400,11 +472,17 @@ impl Inner {
         let replaced = st.version.is_some();
         info!(
             plugin = %name,
-            sha256 = %&version.sha256[..12],
+            from = origin.as_str(),
+            %id,
             load_ms = compiled.as_millis() as u64,
             replaced,
             "plugin loaded"
         );
+        if origin == Origin::Compiled {
+            self.status.add(&key(name, "compiles"), 1);
+        }
+        self.status
+            .set_text(&key(name, "loaded_from"), origin.as_str());
         *st = SlotState {
             version: Some(version),
             live: Some(live),
@@ -710,20 +788,25 @@ impl Inner {
         Ok(())
     }
 
-    /// A `.wasm` file in the plugin directory changed: load it or unload it.
+    /// A `.wasm` or `.cwasm` file in the plugin directory changed: load the
+    /// plugin again, or unload it when nothing is left to load.
     fn changed(&self, path: &Path) {
         let Some(name) = plugin_name(path) else {
             return;
         };
+        if is_precompiled(path) && !self.config.trust_precompiled {
+            return;
+        }
         let settings = self.settings_for(&name);
         if !settings.enabled {
             return;
         }
-        if path.is_file() {
-            let slot = self.slot(&name, settings);
-            self.load(&slot, path);
-        } else {
-            self.unload(&name);
+        match self.source(&name) {
+            Some(source) => {
+                let slot = self.slot(&name, settings);
+                self.load(&slot, &source);
+            }
+            None => self.unload(&name),
         }
     }
 }

@@ -28,6 +28,10 @@ pub const WIT_PACKAGE: &str = "defender:plugin";
 /// The WIT package version the host implements.
 pub const WIT_VERSION: &str = "0.1.0";
 
+/// The wasmtime release the host is built with, for messages about
+/// precompiled artifacts (which only load into the same release).
+pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
+
 /// How often the ticker advances the engine's epoch; deadlines are counted
 /// in these ticks.
 const TICK: Duration = Duration::from_millis(10);
@@ -51,15 +55,7 @@ impl Drop for Runtime {
 
 impl Runtime {
     pub fn new() -> wasmtime::Result<Runtime> {
-        let mut config = Config::new();
-        // Epochs rather than fuel: fuel costs 2-3 times more per instruction.
-        config.epoch_interruption(true);
-        config.max_wasm_stack(512 * 1024);
-        // Plugins are small; a 4 GiB reservation per memory would exhaust the
-        // address space of a 32-bit Pi with a handful of plugins.
-        config.memory_reservation(64 << 20);
-        config.memory_guard_size(2 << 20);
-        let engine = Engine::new(&config)?;
+        let engine = Engine::new(&engine_config(None)?)?;
         let mut linker = Linker::new(&engine);
         // std guests import WASI; the context below grants nothing unless
         // the configuration says so.
@@ -90,22 +86,77 @@ impl Runtime {
         name: &str,
         wasm: &[u8],
         cache_dir: Option<&Path>,
-    ) -> Result<PluginPre<State>, LoadError> {
+    ) -> Result<(PluginPre<State>, Origin), LoadError> {
         let fail = |stage, message: String| LoadError {
             plugin: name.to_owned(),
             stage,
             message,
         };
         check_header(wasm).map_err(|m| fail(LoadStage::Compile, m))?;
-        let component = match cache_dir {
+        let (component, origin) = match cache_dir {
             Some(dir) => self.cached_component(wasm, dir),
-            None => Component::new(&self.engine, wasm),
+            None => Component::new(&self.engine, wasm).map(|c| (c, Origin::Compiled)),
         }
         .map_err(|e| fail(LoadStage::Compile, format!("{e:#}")))?;
-        check_world(&self.engine, &component).map_err(|m| fail(LoadStage::Version, m))?;
+        Ok((self.link(name, &component)?, origin))
+    }
+
+    /// Loads a component precompiled by `defender-edge plugin compile
+    /// --target`, without compiling. Only for files the configuration trusts
+    /// (`plugins.trustPrecompiled`): wasmtime does not validate precompiled
+    /// code, so whoever wrote the file can run native code in the host.
+    pub fn load_precompiled(&self, name: &str, path: &Path) -> Result<PluginPre<State>, LoadError> {
+        let refuse = |why: String| LoadError {
+            plugin: name.to_owned(),
+            stage: LoadStage::Precompiled,
+            message: format!(
+                "{} cannot be used by this host (target {}, wasmtime {}): {why}; \
+                 rebuild it with `defender-edge plugin compile {name}.wasm --target <device>` \
+                 from this release, or remove it",
+                path.display(),
+                host_target(),
+                WASMTIME_VERSION,
+            ),
+        };
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(LoadError {
+                plugin: name.to_owned(),
+                stage: LoadStage::Read,
+                message: format!("cannot read {}: {e}", path.display()),
+            });
+        }
+        match Engine::detect_precompiled_file(path) {
+            Ok(Some(wasmtime::Precompiled::Component)) => {}
+            Ok(Some(wasmtime::Precompiled::Module)) => {
+                return Err(refuse("a precompiled core module, not a component".into()));
+            }
+            // A file too short for the header is an error rather than `None`.
+            Ok(None) | Err(_) => {
+                return Err(refuse("not a wasmtime precompiled artifact".into()));
+            }
+        }
+        // SAFETY: wasmtime checks the artifact's engine section (wasmtime
+        // version, target, compiler flags, tunables, features) against this
+        // engine and refuses a mismatch; what it cannot check is that the
+        // code is what the compiler produced. The caller loads only files
+        // the operator declared trusted (the deployment verified their
+        // digests), as documented for `plugins.trustPrecompiled`.
+        let component = unsafe { Component::deserialize_file(&self.engine, path) }
+            .map_err(|e| refuse(format!("{e:#}")))?;
+        self.link(name, &component)
+    }
+
+    /// Checks the interface version and links the imports.
+    fn link(&self, name: &str, component: &Component) -> Result<PluginPre<State>, LoadError> {
+        let fail = |stage, message: String| LoadError {
+            plugin: name.to_owned(),
+            stage,
+            message,
+        };
+        check_world(&self.engine, component).map_err(|m| fail(LoadStage::Version, m))?;
         let pre = self
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| fail(LoadStage::Link, format!("{e:#}")))?;
         PluginPre::new(pre).map_err(|e| fail(LoadStage::Link, format!("{e:#}")))
     }
@@ -125,7 +176,7 @@ impl Runtime {
         ))
     }
 
-    fn cached_component(&self, wasm: &[u8], dir: &Path) -> wasmtime::Result<Component> {
+    fn cached_component(&self, wasm: &[u8], dir: &Path) -> wasmtime::Result<(Component, Origin)> {
         let path = self.cache_path(wasm, dir);
         if path.is_file() {
             // SAFETY: the file lives in the host's own cache directory
@@ -141,7 +192,7 @@ impl Runtime {
                 Err(e) => Err(e),
             };
             match loaded {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((c, Origin::Cache)),
                 Err(error) => {
                     tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "discarding unusable compile cache entry");
                     let _ = std::fs::remove_file(&path);
@@ -154,7 +205,7 @@ impl Runtime {
             tracing::warn!(path = %path.display(), %error, "cannot write compile cache");
         }
         // SAFETY: these bytes were produced a moment ago by this engine.
-        unsafe { Component::deserialize(&self.engine, &bytes) }
+        unsafe { Component::deserialize(&self.engine, &bytes) }.map(|c| (c, Origin::Compiled))
     }
 
     /// A new store with the plugin's limits and grants.
@@ -193,6 +244,81 @@ impl Runtime {
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(settings.limits.hostcall_bytes);
         Ok(store)
+    }
+}
+
+/// The one engine configuration, for this host (`target` `None`) or, when
+/// precompiling, for a device's host. Both must come from here: wasmtime
+/// refuses an artifact whose tunables or features differ from the loading
+/// engine's, so a setting added here applies to both sides at once.
+fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
+    let mut config = Config::new();
+    if let Some(target) = target {
+        config.target(target)?;
+    }
+    // Epochs rather than fuel: fuel costs 2-3 times more per instruction.
+    config.epoch_interruption(true);
+    config.max_wasm_stack(512 * 1024);
+    // Plugins are small; a 4 GiB reservation per memory would exhaust the
+    // address space of a 32-bit Pi with a handful of plugins. Set explicitly
+    // (not left to per-target defaults) so artifacts built on a 64-bit
+    // machine match a 32-bit host.
+    config.memory_reservation(64 << 20);
+    config.memory_guard_size(2 << 20);
+    Ok(config)
+}
+
+/// Compiles `wasm` ahead of time for the wasmtime target `target`
+/// (`aarch64-unknown-linux-gnu`, `pulley32`...), with the configuration the
+/// host on that device uses. The result is loaded by a host that trusts
+/// precompiled plugins ([`Runtime::load_precompiled`]).
+/// `None` compiles for this machine, with its CPU's features.
+pub(crate) fn precompile_for(target: Option<&str>, wasm: &[u8]) -> Result<Vec<u8>, String> {
+    check_header(wasm)?;
+    let engine = engine_config(target)
+        .and_then(|c| Engine::new(&c))
+        .map_err(|e| {
+            format!(
+                "cannot create an engine for {}: {e:#} (a build without the cross-compile \
+                 feature compiles only for the machine it runs on)",
+                target.unwrap_or("this machine")
+            )
+        })?;
+    engine
+        .precompile_component(wasm)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// This host's target in `plugin compile --target` terms: its CPU
+/// architecture, and for 32-bit ARM (no Cranelift backend) the Pulley
+/// bytecode wasmtime runs there.
+pub(crate) fn host_target() -> &'static str {
+    if cfg!(target_arch = "arm") {
+        "armv7 (pulley32)"
+    } else {
+        std::env::consts::ARCH
+    }
+}
+
+/// How a plugin's compiled code was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Compiled now (and written to the cache, when there is one).
+    Compiled,
+    /// Loaded from the host's own compile cache.
+    Cache,
+    /// A precompiled artifact from the plugin directory, trusted by the
+    /// configuration.
+    Precompiled,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Compiled => "compiled",
+            Origin::Cache => "cache",
+            Origin::Precompiled => "precompiled",
+        }
     }
 }
 
@@ -544,6 +670,97 @@ mod tests {
         left.sort();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(left, ["3.cwasm", "4.cwasm", "other.txt"]);
+    }
+
+    /// The smallest valid component: a header and nothing else. It compiles
+    /// and loads, and then fails the interface check, which tells a load
+    /// that got past the precompiled checks from one that did not.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    /// Precompiles the empty component for `target` into a temp file and
+    /// loads it as a trusted artifact.
+    fn load_artifact(target: Option<&str>) -> LoadError {
+        let dir = tempfile_dir("precompiled");
+        let path = dir.join("p.cwasm");
+        let bytes = precompile_for(target, EMPTY_COMPONENT).expect("precompile");
+        std::fs::write(&path, bytes).expect("write");
+        let rt = Runtime::new().expect("runtime");
+        let result = rt.load_precompiled("p", &path);
+        let _ = std::fs::remove_dir_all(&dir);
+        match result {
+            Ok(_) => panic!("the empty component has no processor export"),
+            Err(e) => e,
+        }
+    }
+
+    fn tempfile_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "plugin-{what}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn artifacts_for_this_host_load_without_compiling() {
+        let e = load_artifact(None);
+        assert_eq!(e.stage, LoadStage::Version, "{e}");
+        #[cfg(target_arch = "x86_64")]
+        {
+            // The explicit target has baseline CPU features, which any
+            // x86_64 host supports.
+            let e = load_artifact(Some("x86_64-unknown-linux-gnu"));
+            assert_eq!(e.stage, LoadStage::Version, "{e}");
+        }
+    }
+
+    #[test]
+    fn artifacts_for_another_target_are_refused_naming_file_and_mismatch() {
+        let other = if cfg!(target_arch = "aarch64") {
+            "x86_64-unknown-linux-gnu"
+        } else {
+            "aarch64-unknown-linux-gnu"
+        };
+        let arch = other.split('-').next().expect("arch");
+        for (target, arch) in [(other, arch), ("pulley32", "pulley32")] {
+            let e = load_artifact(Some(target));
+            assert_eq!(e.stage, LoadStage::Precompiled, "{e}");
+            let text = e.to_string();
+            assert!(
+                text.starts_with("plugin p: precompiled load failed: ")
+                    && text.contains("p.cwasm cannot be used by this host (target ")
+                    && text.contains(&format!("Module was compiled for architecture '{arch}'"))
+                    && text.contains("plugin compile p.wasm --target"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn files_that_are_not_artifacts_are_refused() {
+        let dir = tempfile_dir("not-artifact");
+        let path = dir.join("p.cwasm");
+        std::fs::write(&path, EMPTY_COMPONENT).expect("write");
+        let rt = Runtime::new().expect("runtime");
+        let e = rt.load_precompiled("p", &path).err().expect("refused");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(e.stage, LoadStage::Precompiled);
+        assert!(
+            e.message.contains("not a wasmtime precompiled artifact"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wasmtime_version_matches_the_lock_file() {
+        let lock = include_str!("../../../Cargo.lock");
+        let entry = format!("name = \"wasmtime\"\nversion = \"{WASMTIME_VERSION}\"\n");
+        assert!(
+            lock.contains(&entry),
+            "WASMTIME_VERSION is stale: update it to the wasmtime version in Cargo.lock"
+        );
     }
 
     #[test]

@@ -1,0 +1,540 @@
+//! Python plugins: componentize-py installed into the test's own virtual
+//! environment, the Python SDK's example and fault fixture built with it, and
+//! both run through `PluginHost` exactly like the Rust plugins.
+
+// A failing unwrap is a failing test, with the value in the message.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use defender_edge::plugin::cli::COMPONENTIZE_PY_VERSION;
+use defender_edge::plugin::{PluginHost, PluginsConfig, Processed};
+use defender_edge::sample::{Alert, EstablishedConnection, ListeningPort, Sample, Severity};
+use defender_edge::status::{Status, Value};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::support;
+
+/// Where the virtual environment and the built Python plugins live.
+fn work_dir() -> PathBuf {
+    std::env::var_os("DEFENDER_EDGE_PY_PLUGINS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| support::repo().join("target").join("python-plugins"))
+}
+
+/// `componentize-py` at the pinned version, installed into its own virtual
+/// environment on first use and reused afterwards. Fails (never skips) with
+/// what to do when it cannot be installed.
+fn componentize_py() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let venv = work_dir().join("venv");
+        let bin = venv.join("bin").join("componentize-py");
+        let wanted = format!("componentize-py {COMPONENTIZE_PY_VERSION}");
+        let installed = || {
+            Command::new(&bin)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == wanted)
+        };
+        if installed() {
+            return bin;
+        }
+        let python = std::env::var_os("DEFENDER_EDGE_PYTHON3").unwrap_or_else(|| "python3".into());
+        let hint = format!(
+            "install it by hand with `python3 -m venv {venv} && {venv}/bin/pip install \
+             componentize-py=={COMPONENTIZE_PY_VERSION}` (needs PyPI, or PIP_INDEX_URL for a mirror)",
+            venv = venv.display()
+        );
+        let venv_out = Command::new(&python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {python:?} -m venv: {e}; {hint}"));
+        assert!(
+            venv_out.status.success(),
+            "creating {} failed: {}; {hint}",
+            venv.display(),
+            String::from_utf8_lossy(&venv_out.stderr)
+        );
+        let pip = Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("componentize-py=={COMPONENTIZE_PY_VERSION}"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run pip: {e}; {hint}"));
+        assert!(
+            pip.status.success() && installed(),
+            "installing componentize-py {COMPONENTIZE_PY_VERSION} failed: {}; {hint}",
+            String::from_utf8_lossy(&pip.stderr)
+        );
+        bin
+    })
+}
+
+/// Builds the Python app in `app_dir` (with the SDK) into
+/// `<work>/<name>.wasm`, unless the inputs are unchanged since the last
+/// build: componentize-py takes seconds and writes 18 MB.
+fn build_python(name: &str, app_dir: &Path) -> PathBuf {
+    let sdk = support::repo().join("plugins").join("sdk-python");
+    let wit = support::repo().join("wit");
+    let mut digest = Sha256::new();
+    digest.update(COMPONENTIZE_PY_VERSION);
+    for dir in [app_dir, &sdk.join("defender_plugin"), &wit] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "py" || e == "wit"))
+            .collect();
+        files.sort();
+        for f in files {
+            digest.update(f.to_string_lossy().as_bytes());
+            digest.update(std::fs::read(&f).unwrap());
+        }
+    }
+    let stamp = format!("{:x}", digest.finalize());
+    let out = work_dir().join(format!("{name}.wasm"));
+    let stamp_file = work_dir().join(format!("{name}.inputs"));
+    if out.is_file() && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(&stamp) {
+        return out;
+    }
+    let built = Command::new(componentize_py())
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "plugin", "componentize", "app", "-p"])
+        .arg(app_dir)
+        .arg("-p")
+        .arg(&sdk)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "componentize-py failed for {}:\n{}{}",
+        app_dir.display(),
+        String::from_utf8_lossy(&built.stdout),
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::write(&stamp_file, stamp).unwrap();
+    out
+}
+
+/// One compile cache for every test and run: compiling an 18 MB Python
+/// component takes seconds optimised and minutes in the test profile.
+/// Entries are keyed by the component's sha256 and the engine's
+/// compatibility hash, so sharing is safe.
+fn shared_cache() -> PathBuf {
+    work_dir().join("compile-cache")
+}
+
+/// Loads `wasm` once into the shared cache, so tests running in parallel do
+/// not each compile it.
+fn warm_cache(wasm: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(wasm, dir.path().join("warm.wasm")).unwrap();
+    let config: PluginsConfig = serde_json::from_value(json!({ "dir": dir.path() })).unwrap();
+    let status = Status::new();
+    drop(PluginHost::start(&config, &shared_cache(), status.clone()).unwrap());
+    assert_eq!(
+        status.get("plugin.warm.state"),
+        Some(Value::Text("running".into())),
+        "{} does not load",
+        wasm.display()
+    );
+}
+
+/// The Python port-allowlist example, built once per test process.
+pub fn port_allowlist_py() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let wasm = build_python(
+            "port-allowlist-py",
+            &support::repo().join("plugins/examples/port-allowlist-py"),
+        );
+        warm_cache(&wasm);
+        wasm
+    })
+}
+
+/// The Python fault fixture (misbehaviour chosen by its `mode` config).
+fn faults_py() -> &'static Path {
+    static WASM: OnceLock<PathBuf> = OnceLock::new();
+    WASM.get_or_init(|| {
+        let wasm = build_python("faults-py", &support::fixture("plugins/python/faults"));
+        warm_cache(&wasm);
+        wasm
+    })
+}
+
+/// Log lines written while `f` ran on this thread.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    (result, text)
+}
+
+/// One plugin, under the name `p`, in a folder of its own.
+struct Rig {
+    tmp: tempfile::TempDir,
+    status: Status,
+}
+
+impl Rig {
+    fn new(wasm: &Path) -> Rig {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("plugins")).unwrap();
+        std::fs::copy(wasm, tmp.path().join("plugins").join("p.wasm")).unwrap();
+        Rig {
+            tmp,
+            status: Status::new(),
+        }
+    }
+
+    fn start(&self, settings: serde_json::Value) -> (PluginHost, String) {
+        let config: PluginsConfig = serde_json::from_value(json!({
+            "dir": self.tmp.path().join("plugins"),
+            "settings": { "p": settings }
+        }))
+        .unwrap();
+        let cache = shared_cache();
+        let (host, logs) = capture(|| PluginHost::start(&config, &cache, self.status.clone()));
+        (host.unwrap(), logs)
+    }
+
+    fn n(&self, counter: &str) -> u64 {
+        self.status.number(&format!("plugin.p.{counter}"))
+    }
+
+    fn text(&self, what: &str) -> String {
+        match self.status.get(&format!("plugin.p.{what}")) {
+            Some(Value::Text(t)) => t,
+            other => panic!("plugin.p.{what} is {other:?}"),
+        }
+    }
+}
+
+fn port(port: u16, interface: Option<&str>) -> ListeningPort {
+    ListeningPort {
+        port,
+        interface: interface.map(str::to_owned),
+    }
+}
+
+/// Samples that exercise every branch of port-allowlist.
+fn samples() -> Vec<Sample> {
+    let conn = |addr: &str, local_port| EstablishedConnection {
+        remote_addr: addr.parse().unwrap(),
+        local_port,
+        local_interface: Some("eth0".into()),
+    };
+    let base = Sample {
+        thing: "pi-7".into(),
+        timestamp_ms: 1_767_225_600_000,
+        listening_tcp_ports: vec![port(21, None), port(22, Some("eth0")), port(40000, None)],
+        listening_udp_ports: vec![port(68, None), port(5353, Some("wlan0")), port(50000, None)],
+        established_connections: vec![
+            conn("10.0.0.9:443", 40112),
+            conn("[2001:db8::7]:8883", 40113),
+        ],
+        alerts: vec![Alert {
+            source: "detect/baseline".into(),
+            name: "new-port".into(),
+            severity: Severity::Medium,
+            message: "port 21 appeared".into(),
+            attributes: Default::default(),
+        }],
+        ..Sample::default()
+    };
+    let mut quiet = base.clone();
+    quiet.listening_tcp_ports = vec![port(22, Some("eth0"))];
+    quiet.listening_udp_ports.clear();
+    quiet.alerts.clear();
+    let mut busy = base.clone();
+    busy.listening_tcp_ports = (1..=300).map(|p| port(p * 7, None)).collect();
+    vec![base, quiet, busy, Sample::default()]
+}
+
+fn passed(p: Processed) -> Sample {
+    match p {
+        Processed::Pass(s) => s,
+        other => panic!("expected the sample to pass, got {other:?}"),
+    }
+}
+
+#[test]
+fn python_port_allowlist_matches_the_rust_one() {
+    let rust = Rig::new(&crate::plugins::wasm("port-allowlist"));
+    let python = Rig::new(port_allowlist_py());
+    for config in [
+        json!({ "tcp": "22", "udp": "68", "dropEphemeralFrom": "32768" }),
+        json!({ "tcp": "21,22,443", "severity": "critical" }),
+        json!({}),
+    ] {
+        let settings = json!({ "config": config });
+        let (rust_host, _) = rust.start(settings.clone());
+        let (python_host, logs) = python.start(settings);
+        assert_eq!(python.text("state"), "running", "{logs}");
+        for sample in samples() {
+            let expected = rust_host.process(sample.clone());
+            let got = python_host.process(sample);
+            assert_eq!(got, expected, "config {config}");
+        }
+    }
+    // The same configuration errors, word for word.
+    let settings = json!({ "config": { "tcp": "22,ssh" } });
+    let (_h, _) = rust.start(settings.clone());
+    let (_h, _) = python.start(settings);
+    assert_eq!(
+        python.text("state"),
+        "failed: plugin p: init failed: init returned an error: config key tcp: \"ssh\" is not a port (1..65535)"
+    );
+    assert_eq!(python.text("state"), rust.text("state"));
+}
+
+#[test]
+fn python_plugin_keeps_state_and_reloads() {
+    let rig = Rig::new(faults_py());
+    let (host, _) = rig.start(json!({ "config": { "mode": "count" } }));
+    for i in 1..=3 {
+        let out = passed(host.process(samples()[0].clone()));
+        assert_eq!(out.annotations["calls"], i.to_string(), "state persists");
+    }
+    host.reload("p").unwrap();
+    assert_eq!(rig.n("reloads"), 1);
+    let out = passed(host.process(samples()[0].clone()));
+    assert_eq!(out.annotations["calls"], "1", "a reload starts afresh");
+}
+
+#[test]
+fn python_exception_is_logged_then_traps_and_restarts() {
+    let rig = Rig::new(faults_py());
+    let (host, _) = rig.start(json!({ "onFailure": "closed",
+        "config": { "mode": "raise" }, "limits": { "restartBackoffMs": 0 } }));
+    let (out, logs) = capture(|| host.process(samples()[0].clone()));
+    match out {
+        Processed::Held { plugin, reason } => {
+            assert_eq!(plugin, "p");
+            assert!(reason.starts_with("trapped"), "{reason}");
+        }
+        other => panic!("expected Held, got {other:?}"),
+    }
+    assert!(
+        logs.contains(
+            "plugin raised RuntimeError in process: fixture exception with 3 listening ports ("
+        ) && logs.contains("app.py:24 in process)")
+            && logs.contains("plugin=p"),
+        "{logs}"
+    );
+    assert!(logs.contains("Traceback (most recent call last)"), "{logs}");
+    assert_eq!(rig.n("traps"), 1);
+    // A fresh instance for the next sample; the host carries on.
+    assert!(matches!(
+        host.process(samples()[0].clone()),
+        Processed::Held { .. }
+    ));
+    assert_eq!(rig.n("restarts"), 1);
+}
+
+#[test]
+fn python_plugin_error_is_an_error_not_a_trap() {
+    let rig = Rig::new(faults_py());
+    let (host, _) = rig.start(json!({ "config": { "mode": "error" } }));
+    let (out, logs) = capture(|| host.process(samples()[0].clone()));
+    assert_eq!(passed(out), samples()[0], "fail-open");
+    assert!(logs.contains("fixture error"), "{logs}");
+    assert_eq!(rig.n("errors"), 1);
+    assert_eq!(rig.n("traps"), 0);
+
+    let (_host, _) = rig.start(json!({ "config": { "mode": "init-error" } }));
+    assert_eq!(
+        rig.text("state"),
+        "failed: plugin p: init failed: init returned an error: fixture refuses its configuration"
+    );
+}
+
+#[test]
+fn python_infinite_loop_times_out() {
+    let rig = Rig::new(faults_py());
+    let (host, _) = rig.start(json!({ "config": { "mode": "loop" },
+        "limits": { "callTimeoutMs": 50, "restartBackoffMs": 0, "maxFailures": 2 } }));
+    let started = Instant::now();
+    for i in 1..=2 {
+        let (out, logs) = capture(|| host.process(samples()[0].clone()));
+        assert_eq!(passed(out), samples()[0]);
+        assert!(
+            logs.contains("ran longer than callTimeoutMs (50 ms)"),
+            "{logs}"
+        );
+        assert_eq!(rig.n("timeouts"), i);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(rig.text("state").starts_with("disabled: 2 failures"));
+}
+
+#[test]
+fn python_memory_hog_is_stopped_by_the_memory_limit() {
+    let rig = Rig::new(faults_py());
+    let (host, _) = rig.start(json!({ "config": { "mode": "hog" },
+        "limits": { "callTimeoutMs": 5000 } }));
+    let (out, logs) = capture(|| host.process(samples()[0].clone()));
+    assert_eq!(passed(out), samples()[0]);
+    assert!(logs.contains("memory limit of"), "{logs}");
+    assert_eq!(rig.n("out_of_memory"), 1);
+}
+
+/// Load, instantiate and call costs of the Python plugin next to the Rust
+/// one, printed for docs/BENCHMARKS.md (`-- --nocapture`); asserts only
+/// that a precompiled Python plugin loads without compiling.
+#[test]
+fn python_figures_next_to_rust() {
+    let mut connections = samples()[0].clone();
+    connections.established_connections = (0..1000)
+        .map(|i| EstablishedConnection {
+            remote_addr: format!("10.0.{}.{}:443", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap(),
+            local_port: 40000 + i as u16,
+            local_interface: Some("eth0".into()),
+        })
+        .collect();
+    for (lang, wasm) in [
+        ("rust", crate::plugins::wasm("port-allowlist")),
+        ("python", port_allowlist_py().to_owned()),
+    ] {
+        let rig = Rig::new(&wasm);
+        let settings = json!({ "config": { "tcp": "22" } });
+        let started = Instant::now();
+        let (host, _) = rig.start(settings.clone());
+        let first = started.elapsed();
+        let first_from = rig.text("loaded_from");
+        drop(host);
+
+        // Precompiled for this machine, trusted, .wasm removed. The cache
+        // entry the first start used is exactly that artifact (what `plugin
+        // compile FILE` writes), and copying it spares a second compile.
+        let sha = format!("{:x}", Sha256::digest(std::fs::read(&wasm).unwrap()));
+        let entry = std::fs::read_dir(shared_cache())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha))
+            .unwrap();
+        std::fs::copy(entry, rig.tmp.path().join("plugins").join("p.cwasm")).unwrap();
+        std::fs::remove_file(rig.tmp.path().join("plugins").join("p.wasm")).unwrap();
+        let config: PluginsConfig = serde_json::from_value(json!({
+            "dir": rig.tmp.path().join("plugins"), "trustPrecompiled": true,
+            "settings": { "p": settings } }))
+        .unwrap();
+        let status = Status::new();
+        let started = Instant::now();
+        let host =
+            PluginHost::start(&config, &rig.tmp.path().join("cache2"), status.clone()).unwrap();
+        let load = started.elapsed();
+        assert_eq!(
+            status.get("plugin.p.loaded_from"),
+            Some(Value::Text("precompiled".into()))
+        );
+        assert_eq!(status.number("plugin.p.compiles"), 0);
+        for _ in 0..5 {
+            host.process(connections.clone());
+        }
+        let calls = 50;
+        let started = Instant::now();
+        for _ in 0..calls {
+            host.process(connections.clone());
+        }
+        let per_call = started.elapsed() / calls;
+        println!(
+            "{lang}: size {} bytes, start from {first_from} {} ms, precompiled load+instantiate {} ms, \
+             per call (1,000 connections) {} µs, linear memory peak {} MiB",
+            std::fs::metadata(&wasm).unwrap().len(),
+            first.as_millis(),
+            load.as_millis(),
+            per_call.as_micros(),
+            status.number("plugin.p.memory_peak_bytes") >> 20
+        );
+    }
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: defender_edge::plugin::cli::PluginCommand,
+}
+
+#[test]
+fn new_scaffolds_a_python_plugin_whose_tests_pass_in_plain_cpython() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "plugin",
+        "new",
+        "conn-limit",
+        "--lang",
+        "python",
+        "--dir",
+        tmp.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    defender_edge::plugin::cli::run(cli.cmd, &PluginsConfig::default(), tmp.path(), &mut out)
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("next: cd ") && out.contains("./build.sh test && ./build.sh"),
+        "{out}"
+    );
+    let root = tmp.path().join("conn-limit");
+    let app = std::fs::read_to_string(root.join("app.py")).unwrap();
+    assert!(
+        app.contains("class ConnLimit(Plugin):") && app.contains("Processor = export(ConnLimit)")
+    );
+    let build = std::fs::read_to_string(root.join("build.sh")).unwrap();
+    assert!(
+        build.contains(&format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
+        "{build}"
+    );
+    let tests = Command::new(root.join("build.sh"))
+        .arg("test")
+        .output()
+        .unwrap();
+    assert!(
+        tests.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tests.stderr)
+    );
+    assert!(String::from_utf8_lossy(&tests.stderr).contains("Ran 2 tests"));
+}
