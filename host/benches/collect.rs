@@ -456,6 +456,8 @@ fn measure_process(budget: &Budget) -> ProcessFigures {
 /// Runs the command to completion and returns its ru_maxrss in KiB, for
 /// this child alone (getrusage(RUSAGE_CHILDREN) would fold in the Python
 /// agent's runs).
+// wait4 reaps the child itself, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run_with_rusage(command: &mut Command) -> i64 {
     let child = command.spawn().expect("start defender-edge collect");
     let pid = child.id() as libc::pid_t;
