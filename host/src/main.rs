@@ -154,7 +154,9 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 
 /// Changes the log filter after start, when the configuration arrives later
 /// (over Greengrass IPC). `RUST_LOG` still wins.
-struct LogLevel(Option<Box<dyn Fn(&str)>>);
+struct LogLevel(Option<SetLevel>);
+
+type SetLevel = Box<dyn Fn(&str)>;
 
 impl LogLevel {
     fn set_level(&self, level: &str) {

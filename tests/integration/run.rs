@@ -185,7 +185,7 @@ fn under_greengrass_run_takes_its_configuration_from_the_nucleus_and_follows_upd
     });
     let before = published_reports(&nucleus).len();
     wait_nucleus("reports after the refused update", &mut run, || {
-        published_reports(&nucleus).len() >= before + 1
+        published_reports(&nucleus).len() > before
     });
 
     // A valid update is applied without a restart: CBOR reports from now on.
