@@ -239,8 +239,17 @@ fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<Exit
         None => Config::default(),
     };
     init_logging(&config.log_level);
-    let state = defender_edge::state::StateDir::open(&config.state_dir)?;
-    let cache = state.subdir("plugin-cache")?;
+    // Only `compile --dir` uses the cache: the others (and precompiling for
+    // a device on a build machine) leave no state folder behind.
+    let uses_cache = matches!(
+        cmd,
+        defender_edge::plugin::cli::PluginCommand::Compile { file: None, .. }
+    );
+    let cache = if uses_cache {
+        defender_edge::state::StateDir::open(&config.state_dir)?.subdir("plugin-cache")?
+    } else {
+        std::path::PathBuf::new()
+    };
     let mut out = std::io::stdout().lock();
     defender_edge::plugin::cli::run(cmd, &config.plugins, &cache, &mut out)?;
     Ok(ExitCode::SUCCESS)

@@ -373,13 +373,19 @@ fn test(
     let started = Instant::now();
     let processed = host.process(input.clone());
     let took = started.elapsed();
+    let counters = status.snapshot(0).values;
+    // "precompiled" for a .cwasm, "compiled" for a .wasm: tells a partner
+    // whether the device would pay the compile.
+    let from = match counters.get(&format!("plugin.{name}.loaded_from")) {
+        Some(crate::status::Value::Text(t)) => t.as_str(),
+        _ => "not loaded",
+    };
     writeln!(
         out,
-        "plugin:  {name} (loaded in {} ms, ran in {} µs)",
+        "plugin:  {name} ({from}, loaded in {} ms, ran in {} µs)",
         loaded.as_millis(),
         took.as_micros()
     )?;
-    let counters = status.snapshot(0).values;
     let failure = counters
         .iter()
         .find(|(k, _)| k.ends_with(".last_error"))
