@@ -8,7 +8,8 @@
 #   OUT/artifacts/com.defenderedge.DefenderEdge/VERSION/defender-edge-armv7
 #   OUT/artifacts/com.defenderedge.DefenderEdge/VERSION/defender-edge-x86_64
 #
-# and, for each --plugin, a plugin component from recipes/plugin-component.yaml.
+# and, for each --plugin, a plugin component from recipes/plugin-component.yaml
+# with the .wasm and a precompiled .cwasm for each target.
 # Run `scripts/package.sh --help` for the options; docs/DEPLOY.md for the rest.
 set -euo pipefail
 
@@ -38,7 +39,15 @@ Options:
                         Also package FILE.wasm as plugin component COMPONENT
                         (same version), repeatable. The plugin name is the
                         file stem with _ turned into - (owner_enrichment.wasm
-                        is the plugin owner-enrichment).
+                        is the plugin owner-enrichment). The component ships
+                        FILE.wasm and, for each of --targets, the plugin
+                        precompiled for it (NAME.<target>.cwasm), which hosts
+                        with plugins.trustPrecompiled load without compiling.
+  --compiler PATH       The defender-edge that precompiles the plugins; it
+                        must be of the same release as the packaged hosts
+                        [default: the x86_64 or aarch64 artifact just
+                        packaged when it runs here, else a native build]
+  --no-precompile       Ship plugins as .wasm only (devices compile them)
   --recipe-file NAME    File name of the host recipe in OUT/recipes
                         [default: com.defenderedge.DefenderEdge-VERSION.yaml].
                         The GDK's custom build passes recipe.yaml, the name
@@ -79,6 +88,8 @@ recipe_file=
 build=1
 strip=1
 plugins=()
+compiler=
+precompile=1
 
 die() { echo "package.sh: $*" >&2; exit 2; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -93,6 +104,8 @@ while [ $# -gt 0 ]; do
     --bucket) bucket=${2:?--bucket needs a name}; shift 2 ;;
     --plugin) plugins+=("${2:?--plugin needs COMPONENT=FILE.wasm}"); shift 2 ;;
     --recipe-file) recipe_file=${2:?--recipe-file needs a name}; shift 2 ;;
+    --compiler) compiler=$(absolute "${2:?--compiler needs a path}"); shift 2 ;;
+    --no-precompile) precompile=0; shift ;;
     --no-build) build=0; shift ;;
     --no-strip) strip=0; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -163,6 +176,24 @@ recipe_file=${recipe_file:-$component-$version.yaml}
 write_recipe "$recipe" "$component" "$version" "$out/recipes/$recipe_file"
 say "wrote $out/recipes/$recipe_file"
 
+# The plugin precompiler: a defender-edge that runs on this machine, built from
+# this tree (a .cwasm loads only into the wasmtime release that made it).
+if [ "${#plugins[@]}" -gt 0 ] && [ "$precompile" = 1 ] && [ -z "$compiler" ]; then
+  here=$(uname -m)
+  if [[ ",$targets," == *",$here,"* ]]; then
+    compiler=$artifacts/defender-edge-$here
+  else
+    if [ "$build" = 1 ]; then
+      say "building defender-edge for this machine to precompile plugins"
+      cargo build --locked --profile "$profile" --bin defender-edge
+    fi
+    compiler=$target_dir/$profile_dir/defender-edge
+  fi
+fi
+if [ "$precompile" = 1 ] && [ -n "$compiler" ]; then
+  [ -x "$compiler" ] || die "$compiler is missing: pass --compiler PATH (a defender-edge of this release that runs here), or --no-precompile"
+fi
+
 for spec in "${plugins[@]}"; do
   plugin_component=${spec%%=*}
   wasm=$(absolute "${spec#*=}")
@@ -172,9 +203,22 @@ for spec in "${plugins[@]}"; do
   stem=$(basename "$wasm" .wasm)
   name=${stem//_/-}
   [[ $name =~ ^[a-z][a-z0-9-]*$ ]] || die "--plugin $spec: plugin name $name must be lowercase letters, digits and dashes"
-  mkdir -p "$out/artifacts/$plugin_component/$version"
-  cp "$wasm" "$out/artifacts/$plugin_component/$version/$name.wasm"
-  sed -e "s|com\.example\.defenderedge\.OwnerEnrichment|$plugin_component|g" \
+  plugin_artifacts=$out/artifacts/$plugin_component/$version
+  mkdir -p "$plugin_artifacts"
+  cp "$wasm" "$plugin_artifacts/$name.wasm"
+  # Keep the manifests of the targets precompiled for; drop the others.
+  drop=()
+  for arch in aarch64 armv7 x86_64; do
+    if [ "$precompile" = 1 ] && [[ ",$targets," == *",$arch,"* ]]; then
+      say "precompiling $name for $arch"
+      "$compiler" plugin compile "$wasm" --target "$arch" -o "$plugin_artifacts/$name.$arch.cwasm" >&2 \
+        || die "precompiling $wasm for $arch failed"
+    else
+      drop+=(-e "/^  # >>> $arch\$/,/^  # <<< $arch\$/d")
+    fi
+  done
+  sed "${drop[@]}" \
+      -e "s|com\.example\.defenderedge\.OwnerEnrichment|$plugin_component|g" \
       -e "s|owner-enrichment|$name|g" \
       -e "s|^ComponentVersion: .*|ComponentVersion: \"$version\"|" \
       -e "s|s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/|${uri_prefix//$component/$plugin_component}|" \

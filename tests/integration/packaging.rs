@@ -596,6 +596,8 @@ fn package_script_lays_out_a_greengrass_cli_deployment() {
         .arg(&out_dir)
         .arg("--plugin")
         .arg(format!("com.example.OwnerEnrichment={}", plugin.display()))
+        .arg("--compiler")
+        .arg(support::bin())
         .env("CARGO_TARGET_DIR", target_dir())
         .status()
         .unwrap();
@@ -630,15 +632,183 @@ fn package_script_lays_out_a_greengrass_cli_deployment() {
     let plugin_recipe = out_dir.join("recipes/com.example.OwnerEnrichment-1.2.3.yaml");
     let value = recipe_json(&plugin_recipe);
     assert_eq!(value["ComponentName"], "com.example.OwnerEnrichment");
-    let script = value["Manifests"][0]["Lifecycle"]["install"]["Script"]
-        .as_str()
-        .unwrap();
-    assert!(script.contains("owner-enrichment.wasm"), "{script}");
-    assert!(
-        out_dir
-            .join("artifacts/com.example.OwnerEnrichment/1.2.3/owner-enrichment.wasm")
-            .is_file()
+    let plugin_artifacts = out_dir.join("artifacts/com.example.OwnerEnrichment/1.2.3");
+    let mut shipped: Vec<String> = std::fs::read_dir(&plugin_artifacts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    shipped.sort();
+    assert_eq!(
+        shipped,
+        [
+            "owner-enrichment.aarch64.cwasm",
+            "owner-enrichment.armv7.cwasm",
+            "owner-enrichment.wasm"
+        ],
+        "one artifact per packaged target, plus the portable .wasm"
     );
+    // The manifests of the packaged targets, then the portable one; none
+    // for x86_64, which was not packaged.
+    let architectures: Vec<String> = value["Manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["Platform"]["architecture"]
+                .as_str()
+                .unwrap_or("*")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(architectures, ["aarch64", "arm", "*"]);
+    for manifest in value["Manifests"].as_array().unwrap() {
+        for artifact in manifest["Artifacts"].as_array().unwrap() {
+            let uri = artifact["URI"].as_str().unwrap();
+            let file = uri.rsplit('/').next().unwrap();
+            assert!(shipped.iter().any(|s| s == file), "{uri} was not packaged");
+        }
+    }
+
+    // On each Pi, the recipe's install step puts the artifact beside the
+    // .wasm, and the packaged host loads it without compiling.
+    let platforms: [(&PiTarget, &[(&'static str, &str)]); 2] = [
+        (&AARCH64, &[("architecture", "aarch64")]),
+        (
+            &ARMV7,
+            &[("architecture", "arm"), ("architecture.detail", "armv7l")],
+        ),
+    ];
+    for (target, platform) in platforms {
+        let mut have = BTreeMap::from([
+            ("os", "linux".to_owned()),
+            ("runtime", "aws_nucleus_classic".to_owned()),
+        ]);
+        have.extend(platform.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let manifest = pick_manifest(&value, &have);
+        let root = tmp.path().join(format!("root-{}", target.short));
+        let install = Interpolation {
+            artifacts: plugin_artifacts.clone(),
+            work: root.join("work/com.example.OwnerEnrichment"),
+            root: root.clone(),
+            thing: THING.to_owned(),
+            configuration: json!({}),
+        }
+        .apply(&lifecycle_script(manifest, "install"));
+        let status = Command::new("sh").arg("-c").arg(&install).status().unwrap();
+        assert!(
+            status.success(),
+            "{} install step failed: {install}",
+            target.short
+        );
+        let plugin_dir = root.join(format!("work/{HOST_COMPONENT}/plugins"));
+        assert!(plugin_dir.join("owner-enrichment.wasm").is_file());
+        let artifact = plugin_dir.join("owner-enrichment.cwasm");
+        assert_eq!(
+            std::fs::read(&artifact).unwrap(),
+            std::fs::read(
+                plugin_artifacts.join(format!("owner-enrichment.{}.cwasm", target.short))
+            )
+            .unwrap(),
+            "{}: the install step installed another architecture's artifact",
+            target.short
+        );
+        let binary = artifacts.join(format!("defender-edge-{}", target.short));
+        let qemu = || {
+            let mut cmd = Command::new(support::require_program(target.qemu, "qemu-user-static"));
+            cmd.env("QEMU_LD_PREFIX", target.sysroot).arg(&binary);
+            cmd
+        };
+
+        let mut cmd = qemu();
+        cmd.args(["plugin", "test"])
+            .arg(&artifact)
+            .arg("--sample")
+            .arg(support::repo().join("plugins/template/sample.json.tmpl"))
+            .args(["--config", "owner=soc-team"]);
+        let out = run_ok(
+            cmd,
+            &format!("{} plugin test of the artifact", target.short),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("plugin:  owner-enrichment (precompiled, loaded in")
+                && text.contains("outcome: pass")
+                && text.contains("soc-team"),
+            "{}: {text}",
+            target.short
+        );
+
+        // The host as the recipe runs it: trusting the artifact, it loads
+        // it and compiles nothing into its cache.
+        let state = root.join("state");
+        let config = root.join("config.json");
+        let settings = json!({
+            "stateDir": state,
+            "plugins": {
+                "dir": plugin_dir,
+                "trustPrecompiled": true,
+                "settings": {"owner-enrichment": {"config": {"owner": "soc-team"}}}
+            }
+        });
+        std::fs::write(&config, settings.to_string()).unwrap();
+        let mut cmd = qemu();
+        cmd.args(["collect", "--thing", "pi-under-qemu", "--config"])
+            .arg(&config);
+        let out = run_ok(cmd, &format!("{} collect with the artifact", target.short));
+        let report = report::decode(&out.stdout, Format::Json).unwrap();
+        report::validate(&report).unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("plugin loaded") && l.contains("precompiled")),
+            "{}: no precompiled load in the log:\n{log}",
+            target.short
+        );
+        let compiled = std::fs::read_dir(state.join("plugin-cache"))
+            .map(|entries| entries.count())
+            .unwrap_or(0);
+        assert_eq!(
+            compiled, 0,
+            "{}: the host compiled the plugin",
+            target.short
+        );
+
+        // Another architecture's artifact is refused, naming file and why.
+        let other = if target.short == "aarch64" {
+            "armv7"
+        } else {
+            "aarch64"
+        };
+        let wrong = root.join("owner-enrichment.cwasm");
+        std::fs::copy(
+            plugin_artifacts.join(format!("owner-enrichment.{other}.cwasm")),
+            &wrong,
+        )
+        .unwrap();
+        let out = qemu()
+            .args(["plugin", "test"])
+            .arg(&wrong)
+            .arg("--sample")
+            .arg(support::repo().join("plugins/template/sample.json.tmpl"))
+            .args(["--config", "owner=soc-team"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let built_for = if other == "armv7" {
+            "pulley32"
+        } else {
+            "aarch64"
+        };
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("{} cannot be used by this host", wrong.display()))
+                && err.contains(&format!("compiled for architecture '{built_for}'")),
+            "{}: a {other} artifact should be refused ({:?}):\n{err}",
+            target.short,
+            out.status
+        );
+    }
+
     let out = validate("recipe", &[recipe_path, plugin_recipe]);
     assert!(
         out.status.success(),
