@@ -336,6 +336,29 @@ fn python_plugin_keeps_state_and_reloads() {
     assert_eq!(out.annotations["calls"], "1", "a reload starts afresh");
 }
 
+/// The SDK hands the socket lists over lazily: one the plugin replaced,
+/// one it edited in place and one it never read all come back as the
+/// plugin left them.
+#[test]
+fn python_plugin_changes_only_the_lists_it_touches() {
+    let rig = Rig::new(faults_py());
+    let (host, logs) = rig.start(json!({ "config": { "mode": "rewrite" } }));
+    assert_eq!(rig.text("state"), "running", "{logs}");
+    let input = samples()[0].clone();
+    let out = passed(host.process(input.clone()));
+    assert_eq!(
+        out.established_connections,
+        [EstablishedConnection {
+            remote_addr: "192.0.2.1:22".parse().unwrap(),
+            local_port: 2222,
+            local_interface: None,
+        }]
+    );
+    assert_eq!(out.listening_tcp_ports, [port(22, Some("eth0"))]);
+    assert_eq!(out.listening_udp_ports, input.listening_udp_ports);
+    assert_eq!(out.alerts, input.alerts);
+}
+
 #[test]
 fn python_exception_is_logged_then_traps_and_restarts() {
     let rig = Rig::new(faults_py());
@@ -349,10 +372,17 @@ fn python_exception_is_logged_then_traps_and_restarts() {
         }
         other => panic!("expected Held, got {other:?}"),
     }
+    // The log names the fixture's line that raised.
+    let app = std::fs::read_to_string(support::fixture("plugins/python/faults/app.py")).unwrap();
+    let line = app
+        .lines()
+        .position(|l| l.contains("raise RuntimeError"))
+        .unwrap()
+        + 1;
     assert!(
         logs.contains(
             "plugin raised RuntimeError in process: fixture exception with 3 listening ports ("
-        ) && logs.contains("app.py:24 in process)")
+        ) && logs.contains(&format!("app.py:{line} in process)"))
             && logs.contains("plugin=p"),
         "{logs}"
     );
@@ -457,6 +487,22 @@ fn python_plugin_loads_precompiled_without_compiling() {
     for sample in samples() {
         assert_eq!(host.process(sample.clone()), rust_host.process(sample));
     }
+}
+
+/// The SDK's own unit tests, in plain CPython (no WebAssembly).
+#[test]
+fn python_sdk_unit_tests_pass_in_plain_cpython() {
+    let out = Command::new(support::python())
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(support::repo().join("plugins/sdk-python"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("\nOK"),
+        "the SDK's unit tests failed:\n{text}"
+    );
 }
 
 #[derive(clap::Parser)]

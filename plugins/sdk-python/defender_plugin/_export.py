@@ -99,16 +99,16 @@ def from_wit(s: Any) -> Sample:
             return StringList(list(v.value))
         return IpList(list(v.value))
 
+    def ports(wire: Any) -> List[ListeningPort]:
+        return [ListeningPort(p.port, p.interface) for p in wire]
+
+    def connections(wire: Any) -> List[Connection]:
+        return [Connection(c.remote_addr, c.local_port, c.local_interface) for c in wire]
+
     stats = s.network_stats
-    return Sample(
+    sample = Sample(
         thing=s.thing,
         timestamp_ms=s.timestamp_ms,
-        listening_tcp_ports=[ListeningPort(p.port, p.interface) for p in s.listening_tcp_ports],
-        listening_udp_ports=[ListeningPort(p.port, p.interface) for p in s.listening_udp_ports],
-        established_connections=[
-            Connection(c.remote_addr, c.local_port, c.local_interface)
-            for c in s.established_connections
-        ],
         network_stats=None
         if stats is None
         else NetworkStats(stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out),
@@ -119,6 +119,17 @@ def from_wit(s: Any) -> Sample:
             for a in s.alerts
         ],
     )
+    # The socket lists stay in their wire form until the plugin reads them
+    # (Sample.__getattr__); one it never reads goes back as it came, which
+    # spares converting a thousand connections twice per call.
+    for name, wire, convert in (
+        ("listening_tcp_ports", s.listening_tcp_ports, ports),
+        ("listening_udp_ports", s.listening_udp_ports, ports),
+        ("established_connections", s.established_connections, connections),
+    ):
+        del sample.__dict__[name]
+        sample.__dict__.setdefault("_wire", {})[name] = (wire, convert)
+    return sample
 
 
 def to_wit_output(s: Sample, verdict: Any) -> Any:
@@ -149,16 +160,29 @@ def to_wit_output(s: Sample, verdict: Any) -> Any:
             return wit.MetricValue_IpList(list(v.value))
         _fail(f"custom metric value {v!r} is not Number, NumberList, StringList or IpList")
 
+    # A list the plugin neither read nor assigned is still in the form it
+    # came in.
+    untouched = {k: v for k, v in s.__dict__.get("_wire", {}).items() if k not in s.__dict__}
+
+    def ports(name: str) -> Any:
+        if name in untouched:
+            return untouched[name][0]
+        return [wit.ListeningPort(p.port, p.interface) for p in getattr(s, name)]
+
+    if "established_connections" in untouched:
+        connections = untouched["established_connections"][0]
+    else:
+        connections = [
+            wit.Connection(c.remote_addr, c.local_port, c.local_interface)
+            for c in s.established_connections
+        ]
     stats = s.network_stats
     out = wit.Sample(
         thing=s.thing,
         timestamp_ms=s.timestamp_ms,
-        listening_tcp_ports=[wit.ListeningPort(p.port, p.interface) for p in s.listening_tcp_ports],
-        listening_udp_ports=[wit.ListeningPort(p.port, p.interface) for p in s.listening_udp_ports],
-        established_connections=[
-            wit.Connection(c.remote_addr, c.local_port, c.local_interface)
-            for c in s.established_connections
-        ],
+        listening_tcp_ports=ports("listening_tcp_ports"),
+        listening_udp_ports=ports("listening_udp_ports"),
+        established_connections=connections,
         network_stats=None
         if stats is None
         else wit.NetworkStats(stats.bytes_in, stats.bytes_out, stats.packets_in, stats.packets_out),

@@ -147,6 +147,18 @@ class Sample:
     #: Alerts this plugin raised during this call; see :meth:`raise_alert`.
     raised: List[NewAlert] = field(default_factory=list)
 
+    def __getattr__(self, name: str) -> object:
+        # Called only for an attribute the instance lacks: a list the
+        # WebAssembly glue (_export.from_wit) left in its wire form, made
+        # plain on first use, so a plugin pays only for the lists it reads.
+        lazy = self.__dict__.get("_wire")
+        if lazy is not None and name in lazy:
+            wire, convert = lazy.pop(name)
+            value = convert(wire)
+            setattr(self, name, value)
+            return value
+        raise AttributeError(f"'Sample' object has no attribute '{name}'")
+
     def raise_alert(
         self, name: str, severity: Severity, message: str, **attributes: object
     ) -> NewAlert:

@@ -54,5 +54,40 @@ class ExportTest(unittest.TestCase):
         self.assertTrue(callable(processor().init) and callable(processor().process))
 
 
+
+class LazyListTest(unittest.TestCase):
+    """The WebAssembly glue leaves socket lists in wire form until read."""
+
+    def sample_with_wire_connections(self, calls):
+        def convert(wire):
+            calls.append(wire)
+            return [Connection(addr, 40000) for addr in wire]
+
+        sample = Sample(thing="t")
+        del sample.__dict__["established_connections"]
+        sample.__dict__["_wire"] = {"established_connections": (["10.0.0.1:443"], convert)}
+        return sample
+
+    def test_converted_on_first_read_only(self):
+        calls = []
+        sample = self.sample_with_wire_connections(calls)
+        self.assertEqual(calls, [])
+        self.assertEqual(sample.established_connections[0].remote_ip, "10.0.0.1")
+        sample.established_connections.clear()
+        self.assertEqual(sample.established_connections, [])
+        self.assertEqual(len(calls), 1)
+
+    def test_assignment_wins_without_conversion(self):
+        calls = []
+        sample = self.sample_with_wire_connections(calls)
+        sample.established_connections = []
+        self.assertEqual(sample.established_connections, [])
+        self.assertEqual(calls, [])
+
+    def test_unknown_attribute_is_an_attribute_error(self):
+        with self.assertRaises(AttributeError):
+            Sample().no_such_field  # noqa: B018
+
+
 if __name__ == "__main__":
     unittest.main()
