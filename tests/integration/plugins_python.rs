@@ -447,9 +447,6 @@ fn python_memory_hog_is_stopped_by_the_memory_limit() {
     assert_eq!(rig.n("out_of_memory"), 1);
 }
 
-/// Load, instantiate and call costs of the Python plugin next to the Rust
-/// one, printed for docs/BENCHMARKS.md (`-- --nocapture`); asserts only
-/// that a precompiled Python plugin loads without compiling.
 /// A Python plugin precompiled for this machine loads without compiling
 /// and does what the Rust one does. (Its size, load and per-call figures
 /// beside the Rust plugin's are in `cargo bench --bench python_plugin`.)
