@@ -68,7 +68,7 @@ pub fn wasm(crate_name: &str) -> PathBuf {
 
 /// Log lines written while `f` ran on this thread.
 #[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Logs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -87,7 +87,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
     }
 }
 
-fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
+/// Runs `f` with a DEBUG subscriber on this thread; returns its result and
+/// the log text.
+pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     let logs = Logs::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())

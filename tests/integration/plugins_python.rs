@@ -5,10 +5,9 @@
 // A failing unwrap is a failing test, with the value in the message.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use defender_edge::plugin::cli::COMPONENTIZE_PY_VERSION;
@@ -18,6 +17,7 @@ use defender_edge::status::{Status, Value};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::plugins::capture;
 use crate::support;
 
 /// Where the virtual environment and the built Python plugins live.
@@ -169,39 +169,6 @@ fn faults_py() -> &'static Path {
         warm_cache(&wasm);
         wasm
     })
-}
-
-/// Log lines written while `f` ran on this thread.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
-    }
-}
-
-fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
-    let logs = Logs::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
-    (result, text)
 }
 
 /// One plugin, under the name `p`, in a folder of its own.
