@@ -41,7 +41,8 @@ pub enum PluginCommand {
     /// Run a plugin once on a sample and print the outcome and the resulting
     /// sample
     Test {
-        /// The plugin (a WebAssembly component)
+        /// The plugin: a WebAssembly component (.wasm), or one precompiled
+        /// for this host by `plugin compile` (.cwasm; naming it here trusts it)
         file: PathBuf,
         /// The sample as JSON (the format `defender-edge collect` prints)
         #[arg(long)]
