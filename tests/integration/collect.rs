@@ -456,6 +456,49 @@ fn fixture_without_ipv6_is_partial_with_named_warnings() {
     assert!(!c.sample.listening_tcp_ports.is_empty(), "IPv4 part lost");
 }
 
+/// A socket table read while sockets come and go can list a row twice;
+/// the sample still has each established connection once.
+#[test]
+fn a_socket_listed_twice_counts_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let root = tmp.path().join("proc");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(fixture_root("captured"))
+        .arg(&root)
+        .status()
+        .expect("run cp");
+    assert!(status.success());
+    let mut duplicated = 0;
+    for table in ["net/tcp", "net/tcp6"] {
+        let path = root.join(table);
+        let text = std::fs::read_to_string(&path).expect("read the socket table");
+        let established: Vec<&str> = text
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(3) == Some("01"))
+            .collect();
+        duplicated += established.len();
+        std::fs::write(&path, format!("{text}{}\n", established.join("\n")))
+            .expect("write the socket table");
+    }
+    assert!(
+        duplicated > 0,
+        "the captured fixture has no established rows"
+    );
+    let twice = Collector::new(&CollectConfig {
+        proc_root: root,
+        include_loopback_traffic: false,
+    })
+    .sample("fixture-thing", 1_767_225_600_000, None);
+    let once = collect_fixture("captured", None);
+    assert_eq!(
+        twice.sample.established_connections,
+        once.sample.established_connections
+    );
+    assert_eq!(twice.malformed_lines, 0);
+}
+
 #[test]
 fn fixture_with_thousands_of_sockets() {
     let c = check_fixture("thousands");

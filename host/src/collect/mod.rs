@@ -22,7 +22,10 @@
 //!   either; such addresses are counted in [`Collected::unresolved_addresses`].
 //! - Established connections are TCP state `01`, one entry per socket. Both
 //!   ends of a loopback connection are local sockets, so each appears once
-//!   from each side.
+//!   from each side. A socket table read in several chunks while sockets
+//!   come and go can list a socket twice (the kernel's seq_file resumes by
+//!   position), so rows with the same local and remote address and port,
+//!   which no two established sockets share, count once.
 //! - Empty lines are ignored; any other line that does not parse is skipped
 //!   and counted.
 
@@ -201,8 +204,8 @@ enum Protocol {
 struct Sockets {
     tcp_listening: Vec<(u16, Resolved)>,
     udp_listening: Vec<(u16, Resolved)>,
-    /// (remote, local port, local interface).
-    established: Vec<(SocketAddr, u16, Resolved)>,
+    /// (remote, local port, local interface, local address).
+    established: Vec<(SocketAddr, u16, Resolved, IpAddr)>,
     unresolved: u64,
 }
 
@@ -233,6 +236,7 @@ impl Sockets {
                 SocketAddr::new(remote, line.remote_port),
                 line.local_port,
                 resolved,
+                line.local,
             ));
         } else if protocol == Protocol::Tcp {
             self.tcp_listening.push((line.local_port, resolved));
@@ -358,16 +362,23 @@ impl Collector {
             }
         };
 
-        let mut established: Vec<EstablishedConnection> = sockets
+        let mut established: Vec<(EstablishedConnection, IpAddr)> = sockets
             .established
             .into_iter()
-            .map(|(remote_addr, local_port, r)| EstablishedConnection {
-                remote_addr,
-                local_port,
-                local_interface: interface_name(&map, r),
+            .map(|(remote_addr, local_port, r, local)| {
+                let connection = EstablishedConnection {
+                    remote_addr,
+                    local_port,
+                    local_interface: interface_name(&map, r),
+                };
+                (connection, local)
             })
             .collect();
+        // One sort gives the report's order and puts a row the table
+        // listed twice next to itself.
         established.sort_unstable();
+        established.dedup();
+        let established = established.into_iter().map(|(c, _)| c).collect();
 
         let sample = Sample {
             thing: thing.to_owned(),
