@@ -9,6 +9,7 @@ mod firehose;
 mod ipc;
 mod packaging;
 mod plugins;
+mod plugins_faults;
 mod plugins_precompiled;
 mod plugins_python;
 mod report;

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
+use super::cache::CompileCache;
 use super::runtime::{self, Runtime, WIT_PACKAGE, WIT_VERSION};
 use super::{Grants, PluginHost, PluginSettings, PluginsConfig, Processed};
 use crate::sample::Sample;
@@ -472,6 +473,8 @@ fn precompile(
 
 fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+    let cache = CompileCache::open(cache_dir)
+        .with_context(|| format!("compile cache {}", cache_dir.display()))?;
     let files = super::plugin_files(dir)
         .with_context(|| format!("plugin directory {}", dir.display()))?
         .into_iter()
@@ -481,11 +484,13 @@ fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
         let wasm =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let started = Instant::now();
-        match rt.load(&name, &wasm, Some(cache_dir)) {
+        match rt.load(&name, &wasm, Some(&cache)) {
             Ok(_) => writeln!(
                 out,
                 "{name}: {} ({} ms)",
-                rt.cache_path(&wasm, cache_dir).display(),
+                cache
+                    .get(&rt.cache_key(&wasm))
+                    .map_or_else(|| "not cached".to_owned(), |(p, _)| p.display().to_string()),
                 started.elapsed().as_millis()
             )?,
             Err(e) => {
