@@ -735,6 +735,54 @@ mod tests {
         }
     }
 
+    /// A core module whose `spin` export counts down from its argument and
+    /// never ends for -1.
+    const SPIN: &str = r#"(module (func (export "spin") (param i32)
+        (loop (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+              (br_if 0 (local.get 0)))))"#;
+
+    #[test]
+    fn other_calls_deadlines_do_not_interrupt_a_call_but_its_own_does() {
+        let rt = Runtime::new().expect("runtime");
+        let module =
+            wasmtime::Module::new(&rt.engine, wat::parse_str(SPIN).expect("wat")).expect("module");
+        let mut store = rt.store("spin", &PluginSettings::default()).expect("store");
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instance");
+        let spin = instance
+            .get_typed_func::<i32, ()>(&mut store, "spin")
+            .expect("export");
+        // Another plugin's deadlines passing all the time, as the watchdog
+        // advances the shared epoch for them.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, flag) = (rt.engine.clone(), stop.clone());
+        let bumper = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                engine.increment_epoch();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        for _ in 0..50 {
+            let deadline = arm(&mut store, Duration::from_secs(10));
+            let result = rt.calls.run(deadline, spin.call_async(&mut store, 200_000));
+            assert!(
+                matches!(result, Some(Ok(()))),
+                "interrupted by others: {result:?}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        bumper.join().expect("bumper");
+
+        // Alone, a loop is stopped at its own deadline by the watchdog.
+        let started = std::time::Instant::now();
+        let deadline = arm(&mut store, Duration::from_millis(50));
+        let error = match rt.calls.run(deadline, spin.call_async(&mut store, -1)) {
+            Some(Err(e)) => e,
+            other => panic!("the loop was not interrupted: {other:?}"),
+        };
+        assert_eq!(classify(&error, false), FailureKind::Timeout, "{error:#}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
     #[test]
     fn files_that_are_not_artifacts_are_refused() {
         let dir = tempfile_dir("not-artifact");
