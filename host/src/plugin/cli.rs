@@ -76,6 +76,14 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Compile the component on standard input into the compile cache at
+    /// --cache. The running host starts this to compile in a process whose
+    /// memory goes back to the system when it exits; not for people.
+    #[command(hide = true)]
+    CompileIntoCache {
+        #[arg(long)]
+        cache: PathBuf,
+    },
 }
 
 /// A device architecture to precompile for.
@@ -142,6 +150,16 @@ pub fn run(
         } => {
             let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
             precompile(&file, target, &output, out)
+        }
+        PluginCommand::CompileIntoCache { cache } => {
+            let mut wasm = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut wasm)
+                .context("reading the component from standard input")?;
+            let cache = CompileCache::open(&cache)
+                .with_context(|| format!("compile cache {}", cache.display()))?;
+            let path = runtime::compile_into_cache(&wasm, &cache).map_err(anyhow::Error::msg)?;
+            writeln!(out, "{}", path.display())?;
+            Ok(())
         }
         PluginCommand::Compile {
             file: None, dir, ..

@@ -190,7 +190,10 @@ impl PluginHost {
         cache_dir: &Path,
         status: Status,
     ) -> Result<PluginHost, PluginError> {
-        let runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        // A long-running host compiles in a child process, so that what the
+        // compiler used goes back to the system (see `runtime`).
+        runtime.compile_in_child = true;
         note_trust(config, &status);
         let cache = match config.dir {
             Some(_) => CompileCache::open(cache_dir)
@@ -578,9 +581,6 @@ impl Inner {
         );
         if origin == Origin::Compiled {
             self.status.add(&key(name, "compiles"), 1);
-            // Compiling leaves the allocator holding far more than the
-            // running host needs; hand it back (see `release_memory`).
-            runtime::release_memory();
         }
         self.status
             .set_text(&key(name, "loaded_from"), origin.as_str());

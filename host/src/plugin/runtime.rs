@@ -45,6 +45,9 @@ pub(crate) struct Runtime {
     pub engine: Engine,
     pub linker: Linker<State>,
     pub calls: Calls,
+    /// Compile in a child process (see [`compile_elsewhere`]) when the
+    /// cache misses: set for the long-running host.
+    pub compile_in_child: bool,
 }
 
 impl Runtime {
@@ -60,6 +63,7 @@ impl Runtime {
             engine,
             linker,
             calls,
+            compile_in_child: false,
         })
     }
 
@@ -190,12 +194,26 @@ impl Runtime {
                 }
             }
         }
-        let bytes = self.engine.precompile_component(wasm)?;
-        if let Err(error) = cache.put(&key, &bytes) {
-            // The cache only saves time; a read-only disk must not stop plugins.
-            tracing::warn!(dir = %cache.dir().display(), %error, "cannot write compile cache");
-        }
-        // SAFETY: these bytes were produced a moment ago by this engine.
+        let bytes = match self
+            .compile_in_child
+            .then(|| compile_elsewhere(wasm, cache, &key))
+        {
+            Some(Some(bytes)) => bytes,
+            _ => {
+                let bytes = self.engine.precompile_component(wasm)?;
+                if let Err(error) = cache.put(&key, &bytes) {
+                    // The cache only saves time; a read-only disk must not
+                    // stop plugins.
+                    tracing::warn!(dir = %cache.dir().display(), %error, "cannot write compile cache");
+                }
+                // Compiling here left the allocator holding memory the
+                // running host does not need.
+                release_memory();
+                bytes
+            }
+        };
+        // SAFETY: these bytes were produced a moment ago by this engine
+        // (here, or by this same binary in a child and read back verified).
         unsafe { Component::deserialize(&self.engine, &bytes) }.map(|c| (c, Origin::Compiled))
     }
 
@@ -556,6 +574,65 @@ impl ResourceLimiter for Limiter {
 const INSTANCES: usize = 64;
 const TABLES: usize = 64;
 const MEMORIES: usize = 8;
+
+/// The binary's name, by which [`compile_elsewhere`] knows it may run
+/// itself (tests and benches embed the host in other binaries).
+const BINARY: &str = "defender-edge";
+
+/// Compiles `wasm` into `cache` in a child process, `defender-edge plugin
+/// compile-into-cache`, and returns the verified entry; `None` when that is
+/// not possible (not running as the `defender-edge` binary, the child
+/// failed), and the caller compiles in this process instead.
+///
+/// Why: Cranelift touches megabytes of the binary's code and allocates tens
+/// of megabytes on several threads; in this process that stays resident
+/// (13 MB more after start, docs/BENCHMARKS.md). A child gives all of it
+/// back when it exits, so the host is the same size whether it compiled or
+/// found its plugins in the cache. The child is this same binary, so it
+/// builds the same engine and writes under the same key.
+fn compile_elsewhere(wasm: &[u8], cache: &CompileCache, key: &str) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let exe = std::env::current_exe().ok()?;
+    if !exe.file_name()?.to_str()?.starts_with(BINARY) {
+        return None;
+    }
+    let mut child = std::process::Command::new(&exe)
+        .args(["plugin", "compile-into-cache", "--cache"])
+        .arg(cache.dir())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .inspect_err(|error| tracing::warn!(exe = %exe.display(), %error, "cannot start a compiler process; compiling in the host"))
+        .ok()?;
+    // The child reads all of its input before it writes anything.
+    let fed = child.stdin.take().map(|mut stdin| stdin.write_all(wasm));
+    let output = child.wait_with_output().ok()?;
+    if !output.status.success() || !matches!(fed, Some(Ok(()))) {
+        let stderr = clip(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+        tracing::warn!(status = %output.status, %stderr, "compiler process failed; compiling in the host");
+        return None;
+    }
+    cache.get(key).map(|(_, bytes)| bytes)
+}
+
+/// What `plugin compile-into-cache` does in the child: compile with this
+/// host's engine configuration and store the artifact under its key.
+pub(crate) fn compile_into_cache(
+    wasm: &[u8],
+    cache: &CompileCache,
+) -> Result<std::path::PathBuf, String> {
+    check_header(wasm)?;
+    let rt = Runtime::new().map_err(|e| format!("cannot create the engine: {e:#}"))?;
+    let bytes = rt
+        .engine
+        .precompile_component(wasm)
+        .map_err(|e| format!("{e:#}"))?;
+    cache
+        .put(&rt.cache_key(wasm), &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", cache.dir().display()))
+}
 
 /// Gives the heap memory freed after compiling back to the system.
 /// Cranelift allocates tens of megabytes while compiling a plugin, on
