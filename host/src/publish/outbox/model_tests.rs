@@ -102,6 +102,11 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let (mut outbox, mut status) = open(dir.path());
     let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
     let mut highest_id = 0u64;
+    // The highest id whose ack reached the disk: a lost record's id is
+    // still known from its ack.
+    let mut acked = std::collections::BTreeSet::new();
+    // `next-id` is gone until the next push writes it again.
+    let mut reservation_lost = false;
     let mut last_write: Option<LastWrite> = None;
 
     for op in ops {
@@ -112,6 +117,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let id = outbox.push(&bytes).expect("push").0;
                 prop_assert!(id > highest_id, "id {id} reused (highest so far {highest_id})");
                 highest_id = id;
+                reservation_lost = false;
                 let slot = outbox.slot(EntryId(id)).expect("just pushed");
                 last_write = Some(LastWrite::Record {
                     id,
@@ -139,6 +145,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let (id, bytes) = model.remove(n % model.len()).expect("in range");
                 let slot = outbox.slot(EntryId(id)).expect("waiting");
                 outbox.acknowledge(EntryId(id)).expect("ack");
+                acked.insert(id);
                 last_write = outbox.segments.get(&slot.segment).map(|s| LastWrite::Ack {
                     id,
                     payload: bytes,
@@ -163,6 +170,7 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     }
                     LastWrite::Ack { id, payload, path, offset } => {
                         cut_file(&path, offset + (*k as u64 % ACK_RECORD as u64));
+                        acked.remove(&id);
                         let at = model.partition_point(|(i, _)| *i < id);
                         model.insert(at, (id, payload));
                     }
@@ -179,8 +187,15 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     cut_file(&path, offset);
                     model.retain(|(i, _)| *i != id);
                 }
-                if *lose_reservation {
+                reservation_lost |= *lose_reservation;
+                if reservation_lost {
                     let _ = std::fs::remove_file(dir.path().join(storage::RESERVATION_FILE));
+                    // With the record and the reservation gone, nothing on
+                    // disk names the lost id: handing it out again cannot
+                    // confuse anything. Ids that something on disk names
+                    // must still never come back.
+                    let on_disk = model.iter().map(|(i, _)| *i).max().unwrap_or(0);
+                    highest_id = on_disk.max(acked.last().copied().unwrap_or(0));
                 }
                 (outbox, status) = open(dir.path());
                 last_write = None;
@@ -212,7 +227,7 @@ fn last_record(path: &Path) -> Option<(u64, u64)> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
