@@ -1119,14 +1119,20 @@ fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
     assert_eq!(outbox.newest(), Some(id));
     assert_eq!(outbox.storage_fault(), None);
 
-    // Full again, and eventually only the active segment is left to keep.
-    fs.fill("filler");
-    let error = loop {
-        match outbox.push(&[101; 2000]) {
-            Ok(_) => continue,
-            Err(error) => break error,
-        }
-    };
+    // A full disk where the outbox has nothing older to give up: its
+    // entries all sit in the active segment, and a record needs new pages.
+    drop(outbox);
+    std::fs::remove_dir_all(&dir).expect("start afresh");
+    std::fs::remove_file(&filler).expect("free the disk");
+    let status = Status::new();
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone()).expect("open");
+    for i in 0..2u8 {
+        outbox.push(&[i; 100]).expect("push");
+    }
+    let filler = fs.fill("filler");
+    let error = outbox
+        .push(&[101; 8000])
+        .expect_err("nothing left to give up");
     assert!(
         matches!(error, OutboxError::DiskFull { .. }),
         "a typed disk-full error: {error}"

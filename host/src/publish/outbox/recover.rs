@@ -346,11 +346,12 @@ fn split_header(header: &[u8; HEADER]) -> (u32, u64, u32) {
 }
 
 /// Where the next valid record after the bad one at `offset` starts, if
-/// any. The bad record's own length field is tried first (a flipped bit in
-/// a payload or checksum leaves it intact); when it leads nowhere, every
-/// later offset is tried, so a corrupt length field costs one record, not
-/// the rest of the segment. A candidate must verify and carry an id above
-/// `last_id`; the checksum makes a false match about a 2^-32 chance.
+/// any: the earliest later offset holding a record that verifies and carries
+/// an id above `last_id`, so a corrupt length field costs one record, not
+/// the rest of the segment. (Following the bad record's own length field
+/// first would be faster after a flipped payload bit, but it can jump over
+/// a valid record: the earliest one must win.) A false match needs a CRC-32
+/// collision.
 fn next_valid(
     file: &File,
     size: u64,
@@ -358,16 +359,6 @@ fn next_valid(
     last_id: u64,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<u64>> {
-    if offset + HEADER as u64 > size {
-        return Ok(None);
-    }
-    let mut header = [0u8; HEADER];
-    file.read_exact_at(&mut header, offset)?;
-    let (len, _, _) = split_header(&header);
-    let next = offset + HEADER as u64 + u64::from(len);
-    if entry_at(file, size, next, buf)?.is_some_and(|(id, _, _)| id > last_id) {
-        return Ok(Some(next));
-    }
     // Scan window by window; a window overlaps the next by a header so a
     // record starting near its end is seen whole.
     let mut window = vec![0u8; RESYNC_WINDOW + HEADER];
