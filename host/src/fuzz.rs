@@ -62,7 +62,10 @@ pub fn event_stream_frame(data: &[u8]) {
         (Err(_), Ok(b)) => {
             let encoded = b.encode().expect("a read frame encodes");
             assert!(bytes.starts_with(&encoded), "read frame is not a prefix");
-            assert!(encoded.len() < bytes.len(), "whole decode refused one frame");
+            assert!(
+                encoded.len() < bytes.len(),
+                "whole decode refused one frame"
+            );
         }
         (Err(_), Err(_)) => {}
     }
@@ -267,8 +270,7 @@ pub fn outbox_recovery(data: &[u8]) {
     let mut expected = pending.clone();
     expected.push(new);
     drop(outbox);
-    let outbox =
-        Outbox::open(dir.path(), limits, "outbox", Status::new()).expect("second open");
+    let outbox = Outbox::open(dir.path(), limits, "outbox", Status::new()).expect("second open");
     assert_eq!(outbox.pending(), expected, "recovery is idempotent");
     assert!(outbox.disk_bytes() <= limits.max_bytes);
 }
@@ -282,10 +284,8 @@ impl ScratchDir {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "defender-edge-fuzz-{}-{n}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("defender-edge-fuzz-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("scratch directory");
         ScratchDir(path)
@@ -326,7 +326,7 @@ impl AsyncRead for ChunkedReader<'_> {
     ) -> Poll<std::io::Result<()>> {
         self.reads = self.reads.wrapping_add(1);
         let turn = self.pattern.rotate_left(self.reads % 8);
-        if turn & 0x80 != 0 && self.reads % 3 == 0 {
+        if turn & 0x80 != 0 && self.reads.is_multiple_of(3) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
@@ -350,8 +350,11 @@ fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name (the file names in `fuzz/fuzz_targets/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("event_stream_frame", event_stream_frame),
     ("ipc_reply", ipc_reply),
     ("proc_lines", proc_lines),
@@ -392,7 +395,8 @@ pub fn seeds(target: &str, repo: &std::path::Path) -> Vec<(String, Vec<u8>)> {
                     frame::Header::int32(":stream-id", 1),
                     frame::Header::string("service-model-type", "aws.greengrass#UnauthorizedError"),
                 ],
-                payload: br#"{"message":"not authorized","_errorCode":"UnauthorizedError"}"#.to_vec(),
+                payload: br#"{"message":"not authorized","_errorCode":"UnauthorizedError"}"#
+                    .to_vec(),
             };
             let message = serde_json::json!({"message": {"topicName": "$aws/things/t/defender/metrics/json/accepted",
                 "payload": base64::engine::general_purpose::STANDARD.encode(&report_json)}});
@@ -400,15 +404,28 @@ pub fn seeds(target: &str, repo: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             let mut frame_input = vec![0];
             frame_input.extend(error.encode().expect("encodes"));
             seeds.push(("error-frame".to_owned(), frame_input));
-            seeds.push(("iot-core-message".to_owned(), [&[1u8][..], message.to_string().as_bytes()].concat()));
-            seeds.push(("configuration-update".to_owned(), [&[2u8][..], update.to_string().as_bytes()].concat()));
-            seeds.push(("error-body".to_owned(), [&[3u8][..], &error.payload[..]].concat()));
+            seeds.push((
+                "iot-core-message".to_owned(),
+                [&[1u8][..], message.to_string().as_bytes()].concat(),
+            ));
+            seeds.push((
+                "configuration-update".to_owned(),
+                [&[2u8][..], update.to_string().as_bytes()].concat(),
+            ));
+            seeds.push((
+                "error-body".to_owned(),
+                [&[3u8][..], &error.payload[..]].concat(),
+            ));
         }
         "proc_lines" => {
             let files = ["tcp", "if_inet6", "route", "fib_trie", "dev", "igmp"];
             for tree in ["captured", "malformed", "ipv6-only", "no-ipv6"] {
                 for (selector, file) in files.iter().enumerate() {
-                    let path = repo.join("tests/fixtures/proc").join(tree).join("net").join(file);
+                    let path = repo
+                        .join("tests/fixtures/proc")
+                        .join(tree)
+                        .join("net")
+                        .join(file);
                     if let Ok(text) = std::fs::read(&path) {
                         let mut input = vec![selector as u8];
                         input.extend(text);
@@ -449,8 +466,15 @@ pub fn seeds(target: &str, repo: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             }
         }
         "outbox_recovery" => {
-            let payloads = [report_json.clone(), fixture("report/report.cbor"), b"x".to_vec()];
-            seeds.push(("three-entries-one-acked".to_owned(), outbox_seed(&payloads, 1)));
+            let payloads = [
+                report_json.clone(),
+                fixture("report/report.cbor"),
+                b"x".to_vec(),
+            ];
+            seeds.push((
+                "three-entries-one-acked".to_owned(),
+                outbox_seed(&payloads, 1),
+            ));
             seeds.push(("none-acked".to_owned(), outbox_seed(&payloads, 0)));
         }
         other => panic!("no fuzz target {other}"),
@@ -470,13 +494,40 @@ fn sample_frames(report: &[u8]) -> Vec<(&'static str, frame::Frame)> {
     let mut connect = rpc(4, 0, 0);
     connect.push(frame::Header::string(":version", "0.1.0"));
     let mut publish = rpc(0, 0, 1);
-    publish.push(frame::Header::string("operation", "aws.greengrass#PublishToIoTCore"));
+    publish.push(frame::Header::string(
+        "operation",
+        "aws.greengrass#PublishToIoTCore",
+    ));
     publish.push(frame::Header::string(":content-type", "application/json"));
     vec![
-        ("connect", frame::Frame { headers: connect, payload: br#"{"authToken":"t"}"#.to_vec() }),
-        ("publish", frame::Frame { headers: publish, payload: report.to_vec() }),
-        ("response", frame::Frame { headers: rpc(0, 2, 1), payload: b"{}".to_vec() }),
-        ("ping", frame::Frame { headers: rpc(2, 0, 0), payload: Vec::new() }),
+        (
+            "connect",
+            frame::Frame {
+                headers: connect,
+                payload: br#"{"authToken":"t"}"#.to_vec(),
+            },
+        ),
+        (
+            "publish",
+            frame::Frame {
+                headers: publish,
+                payload: report.to_vec(),
+            },
+        ),
+        (
+            "response",
+            frame::Frame {
+                headers: rpc(0, 2, 1),
+                payload: b"{}".to_vec(),
+            },
+        ),
+        (
+            "ping",
+            frame::Frame {
+                headers: rpc(2, 0, 0),
+                payload: Vec::new(),
+            },
+        ),
     ]
 }
 
@@ -489,7 +540,10 @@ fn outbox_seed(payloads: &[Vec<u8>], acked: usize) -> Vec<u8> {
         segment_bytes: 64 * 1024,
     };
     let mut outbox = Outbox::open(dir.path(), limits, "seed", Status::new()).expect("open");
-    let ids: Vec<EntryId> = payloads.iter().map(|p| outbox.push(p).expect("push")).collect();
+    let ids: Vec<EntryId> = payloads
+        .iter()
+        .map(|p| outbox.push(p).expect("push"))
+        .collect();
     for id in &ids[..acked] {
         outbox.acknowledge(*id).expect("ack");
     }

@@ -27,7 +27,6 @@ use serde::de::DeserializeOwned;
 
 use crate::status::Status;
 
-
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -123,14 +122,24 @@ impl StateDir {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(error) => {
-                note_corrupt(&self.status, &path, &error.to_string(), "starting without it");
+                note_corrupt(
+                    &self.status,
+                    &path,
+                    &error.to_string(),
+                    "starting without it",
+                );
                 return None;
             }
         };
         match serde_json::from_slice(&bytes) {
             Ok(value) => Some(value),
             Err(error) => {
-                note_corrupt(&self.status, &path, &error.to_string(), "starting without it");
+                note_corrupt(
+                    &self.status,
+                    &path,
+                    &error.to_string(),
+                    "starting without it",
+                );
                 None
             }
         }
@@ -211,12 +220,19 @@ mod tests {
             .counting_in(&status);
 
         // A JSON state file cut short.
-        std::fs::write(dir.path().join("net-run.json"), br#"{"counters": {"boot_id"#)
-            .expect("write");
+        std::fs::write(
+            dir.path().join("net-run.json"),
+            br#"{"counters": {"boot_id"#,
+        )
+        .expect("write");
         assert_eq!(state.load::<serde_json::Value>("net-run.json"), None);
         assert_eq!(status.number("state.corrupt_files"), 1);
         assert_eq!(state.load::<serde_json::Value>("absent.json"), None);
-        assert_eq!(status.number("state.corrupt_files"), 1, "absent is not corrupt");
+        assert_eq!(
+            status.number("state.corrupt_files"),
+            1,
+            "absent is not corrupt"
+        );
 
         // A report id that is not a number: ids continue after the time the
         // file was written, even with a clock that went back since.

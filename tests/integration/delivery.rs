@@ -1072,9 +1072,7 @@ fn kill_9_keeps_every_pushed_entry() {
         );
     }
     for id in &pending {
-        let payload = outbox
-            .read(EntryId(*id))
-            .expect("reads");
+        let payload = outbox.read(EntryId(*id)).expect("reads");
         assert!(payload.starts_with(b"entry "));
     }
     let next = outbox.push(b"after the crash").expect("push");
@@ -1113,8 +1111,14 @@ fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
         .collect();
     let filler = fs.fill("filler");
 
-    let id = outbox.push(&[100; 2000]).expect("room is made by evicting a segment");
-    assert_eq!(status.number("outbox.evicted"), 8, "the oldest segment's entries");
+    let id = outbox
+        .push(&[100; 2000])
+        .expect("room is made by evicting a segment");
+    assert_eq!(
+        status.number("outbox.evicted"),
+        8,
+        "the oldest segment's entries"
+    );
     assert_eq!(outbox.pending()[..12], ids[8..]);
     assert_eq!(outbox.newest(), Some(id));
     assert_eq!(outbox.storage_fault(), None);
@@ -1149,7 +1153,9 @@ fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
     for id in &held {
         outbox.read(*id).expect("entries read on a full disk");
     }
-    outbox.acknowledge(held[0]).expect("acknowledging works on a full disk");
+    outbox
+        .acknowledge(held[0])
+        .expect("acknowledging works on a full disk");
     assert!(matches!(
         outbox.recover_storage(),
         Err(OutboxError::DiskFull { .. })
@@ -1161,7 +1167,10 @@ fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
     let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone())
         .expect("the outbox opens on a full disk");
     let after_restart = outbox.pending();
-    assert!(after_restart.ends_with(&held[1..]), "{after_restart:?} vs {held:?}");
+    assert!(
+        after_restart.ends_with(&held[1..]),
+        "{after_restart:?} vs {held:?}"
+    );
 
     std::fs::remove_file(filler).expect("the disk frees up");
     outbox.recover_storage().expect("writable again");
@@ -1183,8 +1192,7 @@ fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
 fn read_only_file_system_keeps_the_outbox_serving_and_it_recovers() {
     let fs = SmallFs::tmpfs(1024 * 1024);
     let dir = fs.path().join("outbox");
-    let mut outbox =
-        Outbox::open(&dir, small_limits(), "outbox", Status::new()).expect("open");
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", Status::new()).expect("open");
     let ids: Vec<EntryId> = (1..=3u8)
         .map(|i| outbox.push(&[i; 100]).expect("push"))
         .collect();
@@ -1282,11 +1290,19 @@ async fn read_only_state_still_publishes_what_the_outbox_holds() {
         .submit(3, report(thing, 3))
         .await
         .expect_err("nothing can be stored");
-    assert_eq!(error.storage_fault(), Some(StorageFault::ReadOnly), "{error}");
+    assert_eq!(
+        error.storage_fault(),
+        Some(StorageFault::ReadOnly),
+        "{error}"
+    );
     assert!(device.handle.recover_storage().await.is_err());
 
     fs.remount_writable();
-    device.handle.recover_storage().await.expect("writable again");
+    device
+        .handle
+        .recover_storage()
+        .await
+        .expect("writable again");
     device
         .handle
         .submit(3, report(thing, 3))
@@ -1335,7 +1351,11 @@ async fn corrupt_publish_floor_reads_as_just_published() {
     );
     let (_, payload, at) = observer.expect_next("the report after the floor").await;
     assert_eq!(report_id_of(&payload), 1);
-    assert!(at - started >= Duration::from_millis(2900), "{:?}", at - started);
+    assert!(
+        at - started >= Duration::from_millis(2900),
+        "{:?}",
+        at - started
+    );
     let saved: serde_json::Value = serde_json::from_slice(
         &std::fs::read(state.path().join("defender-last-publish.json")).expect("read"),
     )

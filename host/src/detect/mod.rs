@@ -471,14 +471,24 @@ impl Detector {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(error) => {
-                crate::state::note_corrupt(&self.status, &self.state_path, &error.to_string(), "starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };
         let saved: SavedState = match serde_json::from_slice(&bytes) {
             Ok(saved) => saved,
             Err(error) => {
-                crate::state::note_corrupt(&self.status, &self.state_path, &error.to_string(), "starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };

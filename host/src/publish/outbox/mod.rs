@@ -102,10 +102,10 @@
 //! length, checksum) per waiting entry and one read-only descriptor per
 //! segment, so 10,000 waiting reports cost about 320 KB whatever their size.
 
-mod recover;
-mod storage;
 #[cfg(test)]
 mod model_tests;
+mod recover;
+mod storage;
 #[cfg(test)]
 mod tests;
 
@@ -639,7 +639,9 @@ impl Outbox {
             // Only forged records (a valid checksum on an absurd id) get here.
             return Err(OutboxError::Limits {
                 dir: self.dir.clone(),
-                message: format!("entry ids are exhausted at {id}; move the directory away to start afresh"),
+                message: format!(
+                    "entry ids are exhausted at {id}; move the directory away to start afresh"
+                ),
             });
         }
         if id >= self.reserved {

@@ -57,8 +57,18 @@ fn op() -> impl Strategy<Value = Op> {
 /// The last write the outbox made, for the crash operations.
 #[derive(Debug, Clone)]
 enum LastWrite {
-    Record { id: u64, path: PathBuf, offset: u64, len: u64 },
-    Ack { id: u64, payload: Vec<u8>, path: PathBuf, offset: u64 },
+    Record {
+        id: u64,
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    Ack {
+        id: u64,
+        payload: Vec<u8>,
+        path: PathBuf,
+        offset: u64,
+    },
 }
 
 fn payload(id: u64, len: usize) -> Vec<u8> {
@@ -115,7 +125,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let evicted_before = status.number("outbox.evicted");
                 let bytes = payload(highest_id, *len);
                 let id = outbox.push(&bytes).expect("push").0;
-                prop_assert!(id > highest_id, "id {id} reused (highest so far {highest_id})");
+                prop_assert!(
+                    id > highest_id,
+                    "id {id} reused (highest so far {highest_id})"
+                );
                 highest_id = id;
                 reservation_lost = false;
                 let slot = outbox.slot(EntryId(id)).expect("just pushed");
@@ -128,7 +141,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 model.push_back((id, bytes));
                 let waiting = outbox.pending();
                 let mut evicted = 0;
-                while model.front().is_some_and(|(i, _)| !waiting.contains(&EntryId(*i))) {
+                while model
+                    .front()
+                    .is_some_and(|(i, _)| !waiting.contains(&EntryId(*i)))
+                {
                     model.pop_front();
                     evicted += 1;
                 }
@@ -164,11 +180,21 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 };
                 drop(outbox);
                 match write {
-                    LastWrite::Record { id, path, offset, len } => {
+                    LastWrite::Record {
+                        id,
+                        path,
+                        offset,
+                        len,
+                    } => {
                         cut_file(&path, offset + (*k as u64 % len));
                         model.retain(|(i, _)| *i != id);
                     }
-                    LastWrite::Ack { id, payload, path, offset } => {
+                    LastWrite::Ack {
+                        id,
+                        payload,
+                        path,
+                        offset,
+                    } => {
                         cut_file(&path, offset + (*k as u64 % ACK_RECORD as u64));
                         acked.remove(&id);
                         let at = model.partition_point(|(i, _)| *i < id);

@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use tracing::warn;
 
 use super::storage::{self, Reservation, io};
-use super::{
-    ACK_EXT, ACK_RECORD, HEADER, MAX_ID, Outbox, OutboxError, SEGMENT_EXT, Segment, Slot,
-};
+use super::{ACK_EXT, ACK_RECORD, HEADER, MAX_ID, Outbox, OutboxError, SEGMENT_EXT, Segment, Slot};
 
 /// How much of a damaged segment is read at a time while looking for the
 /// next valid record.

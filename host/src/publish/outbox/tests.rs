@@ -334,7 +334,8 @@ fn lost_records_never_let_an_id_be_reused_or_an_ack_hide_an_entry() {
             .write(true)
             .open(path)
             .expect("open");
-        file.set_len(HEADER as u64 + 10).expect("lose the last two records");
+        file.set_len(HEADER as u64 + 10)
+            .expect("lose the last two records");
         drop(file);
         if lose_reservation {
             std::fs::remove_file(dir.path().join(storage::RESERVATION_FILE))
@@ -387,7 +388,11 @@ fn a_failed_write_leaves_offsets_right() {
         assert_eq!(outbox.storage_fault(), Some(StorageFault::Failing));
         assert_eq!(status.number("outbox.write_failures"), 1);
         let after = fill(&mut outbox, 2, 60);
-        assert_eq!(outbox.storage_fault(), None, "a good write clears the fault");
+        assert_eq!(
+            outbox.storage_fault(),
+            None,
+            "a good write clears the fault"
+        );
         assert_eq!(
             segment_files(dir.path()).len(),
             if refuse_cuts { 2 } else { 1 },
@@ -395,7 +400,13 @@ fn a_failed_write_leaves_offsets_right() {
         );
         let all: Vec<EntryId> = before.iter().chain(&after).copied().collect();
         assert_eq!(outbox.pending(), all);
-        let expected: Vec<Vec<u8>> = [vec![b'a'; 50], vec![b'b'; 50], vec![b'a'; 60], vec![b'b'; 60]].to_vec();
+        let expected: Vec<Vec<u8>> = [
+            vec![b'a'; 50],
+            vec![b'b'; 50],
+            vec![b'a'; 60],
+            vec![b'b'; 60],
+        ]
+        .to_vec();
         assert_eq!(contents(&outbox), expected);
         drop(outbox);
         let (outbox, _) = open(dir.path(), OutboxLimits::default());
@@ -414,7 +425,9 @@ fn eviction_syncs_once_per_batch() {
     let ids = fill(&mut outbox, 300, 10);
     let evicted_before = status.number("outbox.evicted");
     let syncs_before = status.number("outbox.fsyncs");
-    outbox.push(&[0u8; 4000]).expect("a large push evicts a batch");
+    outbox
+        .push(&[0u8; 4000])
+        .expect("a large push evicts a batch");
     let evicted = status.number("outbox.evicted") - evicted_before;
     let syncs = status.number("outbox.fsyncs") - syncs_before;
     assert!(evicted > 100, "{evicted} evicted");
