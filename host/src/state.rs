@@ -118,31 +118,14 @@ impl StateDir {
     /// logged, counted and `None`.
     pub fn load<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
         let path = self.root.join(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let parsed = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(error) => {
-                note_corrupt(
-                    &self.status,
-                    &path,
-                    &error.to_string(),
-                    "starting without it",
-                );
-                return None;
-            }
+            Err(e) => Err(e.to_string()),
         };
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                note_corrupt(
-                    &self.status,
-                    &path,
-                    &error.to_string(),
-                    "starting without it",
-                );
-                None
-            }
-        }
+        parsed
+            .map_err(|reason| note_corrupt(&self.status, &path, &reason, "starting without it"))
+            .ok()
     }
 
     /// Writes a JSON state file atomically.
