@@ -31,7 +31,7 @@
 
 mod counters;
 mod interfaces;
-mod parse;
+pub(crate) mod parse;
 mod read;
 
 use std::net::{IpAddr, SocketAddr};
