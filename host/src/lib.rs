@@ -10,6 +10,7 @@ pub mod collect;
 pub mod config;
 pub mod detect;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
 pub mod plugin;
 pub mod publish;
