@@ -298,7 +298,8 @@ impl ProcessTable {
         if known.details.is_some() && known.details_checked == generation {
             return known.details.clone();
         }
-        let uid = self.read_uid(pid);
+        // An unreadable status means the process is gone: it is not named.
+        let uid = self.read_uid(pid)?;
         let known = self.procs.get(&pid)?;
         let (cached, start_time, name) =
             (known.details.clone(), known.start_time, known.name.clone());
@@ -327,8 +328,8 @@ impl ProcessTable {
                 }
             }
         };
-        details.uid = uid;
-        details.user = uid.and_then(|u| self.users.name(u));
+        details.uid = Some(uid);
+        details.user = self.users.name(uid);
         let known = self.procs.get_mut(&pid)?;
         known.details = Some(details.clone());
         known.details_checked = generation;
@@ -424,33 +425,33 @@ impl ProcessTable {
     fn read_sockets(&mut self, pid: u32) -> Option<Vec<u64>> {
         self.counts.scanned += 1;
         let path = self.root.join(pid.to_string()).join("fd");
-        let mut dir = match Dir::open(&path) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
-            Err(_) => return Some(Vec::new()),
-        };
         let mut sockets = Vec::new();
-        let mut link = [0u8; 64];
         let mut denied = false;
-        while let Some(name) = dir.next_name() {
-            self.counts.links_read += 1;
-            match dir.read_link(name, &mut link) {
+        let mut links = 0u64;
+        let listed = read_links(&path, |target| {
+            links += 1;
+            match target {
                 Ok(target) => {
                     if let Some(inode) = socket_inode(target) {
                         sockets.push(inode);
                     }
+                    true
                 }
                 // Listing needs read access to the directory; reading the
                 // links needs ptrace access to the process besides.
                 Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
                     denied = true;
-                    break;
+                    false
                 }
-                Err(_) => {} // Closed meanwhile, or not a socket.
+                Err(_) => true, // Closed meanwhile.
             }
-        }
-        if denied {
-            return None;
+        });
+        self.counts.links_read += links;
+        match listed {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return None,
+            Err(_) => return Some(Vec::new()), // Gone meanwhile.
+            Ok(()) if denied => return None,
+            Ok(()) => {}
         }
         sockets.sort_unstable();
         sockets.dedup();
@@ -495,58 +496,53 @@ impl ProcessTable {
     }
 }
 
-/// A directory read with `readdir`, its links with `readlinkat`, so that a
-/// process with thousands of descriptors costs no path building per link.
-struct Dir(std::ptr::NonNull<libc::DIR>);
-
-impl Dir {
-    fn open(path: &Path) -> io::Result<Dir> {
-        let path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `path` is a valid C string; the result is checked.
-        let dir = unsafe { libc::opendir(path.as_ptr()) };
-        std::ptr::NonNull::new(dir)
-            .map(Dir)
-            .ok_or_else(io::Error::last_os_error)
-    }
-
-    /// The next entry's name, skipping `.` and `..`.
-    fn next_name(&mut self) -> Option<CString> {
-        loop {
-            // SAFETY: the stream is open and used by this thread only.
-            let entry = unsafe { libc::readdir(self.0.as_ptr()) };
-            if entry.is_null() {
-                return None;
-            }
-            // SAFETY: readdir returned a valid entry whose d_name is a
-            // NUL-terminated string, valid until the next readdir call; it
-            // is copied before that.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
-            let bytes = name.to_bytes();
-            if bytes != b"." && bytes != b".." {
-                return Some(name.to_owned());
-            }
+/// Calls `on_link` with the target of every link in the directory `path`
+/// until it returns false. `readdir` and `readlinkat` on the open
+/// directory, so that a process with thousands of descriptors costs no path
+/// building or allocation per link.
+fn read_links(path: &Path, mut on_link: impl FnMut(io::Result<&[u8]>) -> bool) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a valid C string; the result is checked.
+    let dir = unsafe { libc::opendir(path.as_ptr()) };
+    let Some(dir) = std::ptr::NonNull::new(dir) else {
+        return Err(io::Error::last_os_error());
+    };
+    struct Close(std::ptr::NonNull<libc::DIR>);
+    impl Drop for Close {
+        fn drop(&mut self) {
+            // SAFETY: the stream was opened by opendir and is closed once.
+            unsafe { libc::closedir(self.0.as_ptr()) };
         }
     }
-
-    /// The target of the link `name` in this directory.
-    fn read_link<'b>(&self, name: CString, buf: &'b mut [u8]) -> io::Result<&'b [u8]> {
-        // SAFETY: the stream is open, so its descriptor is valid.
-        let fd = unsafe { libc::dirfd(self.0.as_ptr()) };
-        // SAFETY: `name` is a C string and `buf` is writable for its length.
-        let n = unsafe { libc::readlinkat(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let dir = Close(dir);
+    // SAFETY: the stream is open, so its descriptor is valid.
+    let fd = unsafe { libc::dirfd(dir.0.as_ptr()) };
+    let mut target = [0u8; 64];
+    loop {
+        // SAFETY: the stream is open and used by this thread only.
+        let entry = unsafe { libc::readdir(dir.0.as_ptr()) };
+        if entry.is_null() {
+            return Ok(());
         }
-        Ok(&buf[..n as usize])
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        // SAFETY: the stream was opened by opendir and is closed once.
-        unsafe {
-            libc::closedir(self.0.as_ptr());
+        // SAFETY: readdir returned a valid entry whose d_name is a
+        // NUL-terminated string, valid until the next readdir call.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes().first() == Some(&b'.') {
+            continue; // `.` and `..`; descriptor names are digits.
+        }
+        // SAFETY: `name` is a C string and `target` is writable for its
+        // length.
+        let n = unsafe {
+            libc::readlinkat(fd, name.as_ptr(), target.as_mut_ptr().cast(), target.len())
+        };
+        let result = if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(&target[..n as usize])
+        };
+        if !on_link(result) {
+            return Ok(());
         }
     }
 }
