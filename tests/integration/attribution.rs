@@ -745,3 +745,36 @@ fn a_bad_collect_source_is_a_configuration_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("collect.source"), "{stderr}");
 }
+
+/// The table docs/REPORT.md shows is what `collect --owners` prints for the
+/// captured tree, and `--owners json --pretty` is the same owner table the
+/// library gives.
+#[test]
+fn the_documented_owner_table_is_what_collect_prints() {
+    let root = attributed_root();
+    let run = |args: &[&str]| {
+        let out = Command::new(support::bin())
+            .args(["collect", "--owners"])
+            .args(args)
+            .arg("--proc-root")
+            .arg(&root)
+            .output()
+            .expect("run collect --owners");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let doc = std::fs::read_to_string(support::repo().join("docs/REPORT.md")).expect("REPORT.md");
+    let shown = doc
+        .split("The captured tree gives")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").nth(1))
+        .expect("the table block in docs/REPORT.md");
+    assert_eq!(run(&[]), shown, "docs/REPORT.md shows another table");
+
+    let json: Owners = serde_json::from_str(&run(&["json", "--pretty"])).expect("owner JSON");
+    assert_eq!(Some(json), collect(&root, true).owners);
+}
