@@ -188,6 +188,21 @@ fn owners_from(mut command: Command) -> Owners {
     })
 }
 
+/// What `defender-edge collect --owners ARGS` prints, run as root.
+fn collect_owners_output(args: &[&str]) -> String {
+    let out = Command::new(support::bin())
+        .args(["collect", "--owners"])
+        .args(args)
+        .output()
+        .expect("run collect --owners");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 /// The same, as `nobody` (with whatever file capabilities `binary` has).
 fn owners_as_nobody(binary: &Path) -> Owners {
     let mut command = Command::new(support::require_program("setpriv", "util-linux"));
@@ -294,16 +309,7 @@ fn owners_of_real_processes_under_another_user() {
     assert_eq!(component.component.as_deref(), Some("com.example.Java"));
 
     // The table for people says the same.
-    let out = Command::new(support::bin())
-        .args(["collect", "--owners"])
-        .output()
-        .expect("run collect --owners");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = collect_owners_output(&[]);
     let line = table
         .lines()
         .find(|l| l.contains(&format!("lo:{} ", lite.tcp)))
@@ -752,21 +758,8 @@ fn a_bad_collect_source_is_a_configuration_error() {
 #[test]
 fn the_documented_owner_table_is_what_collect_prints() {
     let root = attributed_root();
-    let run = |args: &[&str]| {
-        let out = Command::new(support::bin())
-            .args(["collect", "--owners"])
-            .args(args)
-            .arg("--proc-root")
-            .arg(&root)
-            .output()
-            .expect("run collect --owners");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let root_text = root.to_str().expect("a UTF-8 path");
+    let run = |args: &[&str]| collect_owners_output(&[args, &["--proc-root", root_text]].concat());
     let doc = std::fs::read_to_string(support::repo().join("docs/REPORT.md")).expect("REPORT.md");
     let shown = doc
         .split("The captured tree gives")

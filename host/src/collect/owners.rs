@@ -82,12 +82,7 @@ impl Attributor {
             .filter_map(|s| s.inode)
             .filter(|i| *i != 0)
             .collect();
-        let holders: HashSet<u32> = wanted
-            .iter()
-            .flat_map(|i| self.table.holders(*i))
-            .copied()
-            .collect();
-        for pid in holders {
+        for pid in self.holders_of(&wanted) {
             self.table.verify(pid);
         }
         self.search(listed, &wanted);
@@ -100,12 +95,7 @@ impl Attributor {
             UnattributedReason::ProcessGone
         };
         let mut processes: HashMap<u32, Process> = HashMap::new();
-        let holders: HashSet<u32> = wanted
-            .iter()
-            .flat_map(|i| self.table.holders(*i))
-            .copied()
-            .collect();
-        for pid in holders {
+        for pid in self.holders_of(&wanted) {
             // A holder that exited since it was read is not named.
             if let Some(details) = self.table.details(pid) {
                 processes.insert(pid, details);
@@ -172,6 +162,15 @@ impl Attributor {
             processes: processes.into_iter().collect(),
             unreadable_processes: self.table.unreadable(),
         })
+    }
+
+    /// Every pid holding one of `inodes`, once.
+    fn holders_of(&self, inodes: &[u64]) -> HashSet<u32> {
+        inodes
+            .iter()
+            .flat_map(|i| self.table.holders(*i))
+            .copied()
+            .collect()
     }
 
     /// Looks for the wanted inodes no process is known to hold (see the
