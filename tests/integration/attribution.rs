@@ -771,3 +771,105 @@ fn the_documented_owner_table_is_what_collect_prints() {
     let json: Owners = serde_json::from_str(&run(&["json", "--pretty"])).expect("owner JSON");
     assert_eq!(Some(json), collect(&root, true).owners);
 }
+
+/// Netlink refused (here by a seccomp filter that fails `socket(AF_NETLINK,
+/// ...)` with EPERM, as a hardened unit may): the collector says so once
+/// and reads the proc files, so the report and the owners lose nothing.
+#[test]
+fn refused_netlink_falls_back_to_the_proc_files() {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let listening = listener.local_addr().expect("address").port();
+    let without_netlink = |args: &[&str]| {
+        let mut command = Command::new(support::bin());
+        command.args(args).current_dir("/").env("RUST_LOG", "warn");
+        refuse_netlink(&mut command);
+        let out = command.output().expect("run defender-edge");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8"),
+            String::from_utf8(out.stderr).expect("utf-8"),
+        )
+    };
+    let state = tempfile::tempdir().expect("state dir");
+    let state = state.path().to_str().expect("utf-8").to_owned();
+    let (report, log) = without_netlink(&["collect", "--thing", "t", "--state-dir", &state]);
+    assert!(
+        log.contains("netlink sock_diag unavailable") && log.contains("/proc/net"),
+        "{log}"
+    );
+    let report = defender_edge::report::decode(
+        report.trim().as_bytes(),
+        defender_edge::report::Format::Json,
+    )
+    .expect("a report");
+    let ports = &report.metrics.expect("metrics").listening_tcp_ports.ports;
+    assert!(
+        ports.iter().any(|p| p.port == u32::from(listening)),
+        "{ports:?}"
+    );
+
+    let (owners, _) = without_netlink(&["collect", "--owners", "json"]);
+    let owners: Owners = serde_json::from_str(&owners).expect("owner JSON");
+    let holder = process_owner(
+        &owners,
+        owners.tcp_port(&port(listening, Some("lo"))),
+        "our listener",
+    );
+    assert_eq!(holder.pid, std::process::id());
+    drop(listener);
+}
+
+/// Installs, in the child before exec, a seccomp filter under which
+/// `socket(AF_NETLINK, ...)` fails with EPERM and everything else is allowed.
+fn refuse_netlink(command: &mut Command) {
+    // Offsets in struct seccomp_data: nr at 0, args[0] at 16 (its low half
+    // on a little-endian machine).
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let program: &'static mut [libc::sock_filter] = Box::leak(Box::new([
+        stmt(load, 0),
+        jump(libc::SYS_socket as u32, 0, 3),
+        stmt(load, 16),
+        jump(libc::AF_NETLINK as u32, 0, 1),
+        stmt(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(ret, libc::SECCOMP_RET_ALLOW),
+    ]));
+    let fprog: &'static libc::sock_fprog = Box::leak(Box::new(libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    }));
+    // An address, since raw pointers may not cross into the closure.
+    let fprog = std::ptr::from_ref(fprog) as usize;
+    // SAFETY: only prctl(2) calls in the child, which are async-signal-safe;
+    // the program lives for the rest of the test process.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    fprog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
