@@ -26,6 +26,9 @@ qemu-arm-static qemu-user-static
 aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf
 python3 python3
+ss iproute2
+setpriv util-linux
+setcap libcap2-bin
 LIST
 [ -d /usr/aarch64-linux-gnu/lib ] || missing+=(libc6-dev-arm64-cross)
 [ -d /usr/arm-linux-gnueabihf/lib ] || missing+=(libc6-dev-armhf-cross)

@@ -11,6 +11,7 @@ pub mod config;
 pub mod detect;
 pub mod fuzz;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
 pub mod plugin;
 pub mod publish;

@@ -1,5 +1,6 @@
 //! Integration tests: real sockets, real /proc, real peers started by the tests.
 
+mod attribution;
 mod cli;
 mod collect;
 mod delivery;
