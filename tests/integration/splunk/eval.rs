@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 
+use super::syntax::{self, Cursor};
+
 /// Search-time fields of one event: name to values (several for a
 /// multivalue field).
 pub type Fields = BTreeMap<String, Vec<String>>;
@@ -134,19 +136,16 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
 }
 
 struct Parser {
-    tokens: Vec<Token>,
-    at: usize,
+    tokens: Cursor<Token>,
 }
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.at)
+        self.tokens.peek()
     }
 
     fn next(&mut self) -> Option<Token> {
-        let t = self.tokens.get(self.at).cloned();
-        self.at += 1;
-        t
+        self.tokens.next()
     }
 
     fn expect(&mut self, want: &Token) -> Result<(), String> {
@@ -249,8 +248,7 @@ fn check_call(name: &str, args: &[Expr]) -> Result<(), String> {
 impl Expr {
     pub fn parse(text: &str) -> Result<Expr, String> {
         let mut parser = Parser {
-            tokens: tokens(text)?,
-            at: 0,
+            tokens: Cursor::new(tokens(text)?),
         };
         let expr = parser.or()?;
         match parser.peek() {
@@ -396,17 +394,7 @@ fn call(name: &str, args: &[Expr], fields: &Fields) -> Result<Value, String> {
 
 /// SQL LIKE, as Splunk's like(): `%` any run of characters, `_` one.
 fn like(s: &str, pattern: &str) -> bool {
-    fn go(s: &[char], p: &[char]) -> bool {
-        match p.split_first() {
-            None => s.is_empty(),
-            Some(('%', rest)) => (0..=s.len()).any(|i| go(&s[i..], rest)),
-            Some(('_', rest)) => !s.is_empty() && go(&s[1..], rest),
-            Some((c, rest)) => s.first() == Some(c) && go(&s[1..], rest),
-        }
-    }
-    let s: Vec<char> = s.chars().collect();
-    let p: Vec<char> = pattern.chars().collect();
-    go(&s, &p)
+    syntax::matches(s, pattern, '%', Some('_'), false)
 }
 
 /// The values an `EVAL-` assigns: none for null. A boolean cannot be a

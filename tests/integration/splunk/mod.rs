@@ -11,6 +11,7 @@ mod app;
 mod conf;
 mod eval;
 mod search;
+mod syntax;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -7,6 +7,7 @@
 //! `tag=`) is an error.
 
 use super::eval::Fields;
+use super::syntax::{self, Cursor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Search {
@@ -66,13 +67,12 @@ fn tokens(text: &str) -> Result<Vec<Token>, String> {
 }
 
 struct Parser {
-    tokens: Vec<Token>,
-    at: usize,
+    tokens: Cursor<Token>,
 }
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
-        self.tokens.get(self.at)
+        self.tokens.peek()
     }
 
     fn keyword(&self, k: &str) -> bool {
@@ -84,7 +84,7 @@ impl Parser {
         let mut parts = vec![self.any()?];
         loop {
             if self.keyword("AND") {
-                self.at += 1;
+                self.tokens.next();
             } else if matches!(self.peek(), None | Some(Token::Close)) {
                 break;
             }
@@ -100,7 +100,7 @@ impl Parser {
     fn any(&mut self) -> Result<Search, String> {
         let mut parts = vec![self.not()?];
         while self.keyword("OR") {
-            self.at += 1;
+            self.tokens.next();
             parts.push(self.not()?);
         }
         Ok(if parts.len() == 1 {
@@ -112,19 +112,15 @@ impl Parser {
 
     fn not(&mut self) -> Result<Search, String> {
         if self.keyword("NOT") {
-            self.at += 1;
+            self.tokens.next();
             return Ok(Search::Not(Box::new(self.not()?)));
         }
-        let token = self.tokens.get(self.at).cloned();
-        self.at += 1;
+        let token = self.tokens.next();
         match token {
             Some(Token::Open) => {
                 let inner = self.all()?;
-                match self.tokens.get(self.at) {
-                    Some(Token::Close) => {
-                        self.at += 1;
-                        Ok(inner)
-                    }
+                match self.tokens.next() {
+                    Some(Token::Close) => Ok(inner),
                     other => Err(format!("expected ), found {other:?}")),
                 }
             }
@@ -170,8 +166,7 @@ fn term(word: &str) -> Result<Search, String> {
 impl Search {
     pub fn parse(text: &str) -> Result<Search, String> {
         let mut parser = Parser {
-            tokens: tokens(text)?,
-            at: 0,
+            tokens: Cursor::new(tokens(text)?),
         };
         let search = parser.all()?;
         match parser.peek() {
@@ -194,20 +189,7 @@ impl Search {
 
 /// `*` matches any run of characters; letters match either case.
 fn wildcard(value: &str, pattern: &str) -> bool {
-    fn go(v: &[char], p: &[char]) -> bool {
-        match p.split_first() {
-            None => v.is_empty(),
-            Some(('*', rest)) => (0..=v.len()).any(|i| go(&v[i..], rest)),
-            Some((c, rest)) => {
-                v.first()
-                    .is_some_and(|x| x.to_lowercase().eq(c.to_lowercase()))
-                    && go(&v[1..], rest)
-            }
-        }
-    }
-    let v: Vec<char> = value.chars().collect();
-    let p: Vec<char> = pattern.chars().collect();
-    go(&v, &p)
+    syntax::matches(value, pattern, '*', None, true)
 }
 
 #[test]
