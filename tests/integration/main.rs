@@ -14,5 +14,6 @@ mod plugins_precompiled;
 mod plugins_python;
 mod report;
 mod run;
+mod splunk;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
