@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::state::write_atomically;
+use crate::state::write_atomically;
 
 /// A value in the status registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
