@@ -309,8 +309,17 @@ impl RunDir {
     }
 
     fn spawn(self) -> Run {
+        let child = self.start();
+        Run {
+            tmp: self.tmp,
+            child,
+        }
+    }
+
+    /// `run` in this folder, logging into `run.log` (truncated).
+    fn start(&self) -> Child {
         let log = std::fs::File::create(self.tmp.path().join("run.log")).unwrap();
-        let child = Command::new(support::bin())
+        Command::new(support::bin())
             .arg("run")
             .arg("--config")
             .arg(self.tmp.path().join("config.json"))
@@ -320,11 +329,7 @@ impl RunDir {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap();
-        Run {
-            tmp: self.tmp,
-            child,
-        }
+            .unwrap()
     }
 }
 
@@ -596,6 +601,47 @@ fn an_update_turning_trust_precompiled_on_is_logged_as_a_warning() {
         "{logs}"
     );
     assert!(!logs.contains("WARN"), "{logs}");
+}
+
+// Item 10: the host is as small after compiling its plugins as after
+// finding them in the cache, because it compiles in a child process. The
+// smallest component the tests build (a WAT module) keeps this fast; it
+// still takes the compiler's code and heap, 12 MB in a debug build.
+#[test]
+fn resident_memory_after_start_does_not_depend_on_having_compiled() {
+    let dir = RunDir::new(&[], json!({}), 60);
+    std::fs::copy(wasm("fault-multi-memory"), dir.plugins().join("m.wasm")).unwrap();
+    let log = dir.tmp.path().join("run.log");
+    let mut rss_kib = Vec::new();
+    for origin in ["compiled", "cache"] {
+        let mut child = dir.start();
+        let loaded = format!(r#"plugin loaded plugin=m from="{origin}""#);
+        let until = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log).unwrap().contains(&loaded) {
+            assert!(
+                Instant::now() < until && matches!(child.try_wait(), Ok(None)),
+                "no `{loaded}`; log:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        rss_kib.push(rss);
+        // SAFETY: kill(2) on the pid of the child spawned above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
+    let (compiled, cached) = (rss_kib[0], rss_kib[1]);
+    assert!(
+        compiled <= cached + 4 * 1024,
+        "resident after compiling {compiled} KiB, after loading from the cache {cached} KiB"
+    );
 }
 
 /// Context switches so far of `pid`'s threads whose name starts with one of
