@@ -6,6 +6,7 @@ mod delivery;
 mod detect;
 #[cfg(feature = "firehose")]
 mod firehose;
+mod golden;
 mod ipc;
 mod packaging;
 mod plugins;
