@@ -53,7 +53,7 @@ enum Command {
 struct CollectArgs {
     /// Encoding of the report.
     #[arg(long, value_enum, default_value = "json")]
-    format: Format,
+    format: FormatArg,
     /// Indent JSON output for people (the bytes published are never indented).
     #[arg(long)]
     pretty: bool,
@@ -79,6 +79,25 @@ struct CollectArgs {
     /// Size budget of the encoded report in bytes (overrides report.maxBytes).
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<usize>,
+}
+
+/// A report format on the command line. The report module knows nothing of
+/// the command line; this says its formats the way clap lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FormatArg(Format);
+
+impl clap::ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            FormatArg(Format::Json),
+            FormatArg(Format::JsonShort),
+            FormatArg(Format::Cbor),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.description()))
+    }
 }
 
 /// Run the component: sample, run plugins and detection, publish.
@@ -214,16 +233,17 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     if args.thing.is_some() {
         config.thing_name = args.thing;
     }
-    let report = pipeline::collect_once(&config, args.format, args.delta_window)?;
+    let format = args.format.0;
+    let report = pipeline::collect_once(&config, format, args.delta_window)?;
     let mut out = std::io::stdout().lock();
-    if args.pretty && args.format != Format::Cbor {
+    if args.pretty && format != Format::Cbor {
         let value: serde_json::Value =
             serde_json::from_slice(&report).context("re-reading the report for --pretty")?;
         serde_json::to_writer_pretty(&mut out, &value)?;
         out.write_all(b"\n")?;
     } else {
         out.write_all(&report)?;
-        if args.format != Format::Cbor {
+        if format != Format::Cbor {
             out.write_all(b"\n")?;
         }
     }

@@ -53,7 +53,7 @@ pub struct CollectConfig {
     /// Root of the proc file system to read.
     pub proc_root: std::path::PathBuf,
     /// Count loopback (`lo`) traffic in network_stats.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub include_loopback_traffic: bool,
 }
 

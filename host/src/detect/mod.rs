@@ -57,30 +57,30 @@ pub const STATE_FILE: &str = "detect-state.json";
 pub struct DetectionConfig {
     /// `None`: on when a profile is given. `Some(false)` turns detection off
     /// while keeping the profiles in the configuration.
-    #[serde(deserialize_with = "crate::config::lenient::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub enabled: Option<bool>,
     /// Seconds between detection samples.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub interval_seconds: u64,
     /// Security profile files (the `--cli-input-json` document).
     pub profile_paths: Vec<PathBuf>,
     /// Security profiles inline (objects, or strings holding the JSON).
     pub profiles: Vec<Value>,
     /// Datapoints (periods) kept per statistical behavior.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub statistics_window: usize,
     /// No statistical datapoint is judged before the baseline has this many.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub statistics_min_datapoints: usize,
     /// Seconds between writes of the statistics file.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub state_save_seconds: u64,
     /// MQTT/IoT topic for alarm events; `{thing}` is replaced by the thing.
     pub alarm_topic: String,
     /// Greengrass local publish/subscribe topic for alarm events.
     pub local_topic: String,
     /// Also send alarm events to the Firehose (SIEM) sink.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub send_to_firehose: bool,
 }
 

@@ -48,15 +48,15 @@ use crate::status::Status;
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DefenderConfig {
     /// Publishes reports to Device Defender at all.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub enabled: bool,
     /// Seconds between two publishes for one thing. Device Defender's floor
     /// is 300; lower it only for tests and local brokers (warned at start).
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub min_interval_seconds: u64,
     /// How long to wait for `accepted`/`rejected` before counting a report as
     /// unanswered (`defender.timed_out`).
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub reply_timeout_seconds: u64,
 }
 

@@ -61,7 +61,7 @@ pub struct MqttConfig {
     /// Broker host name, e.g. `abc123-ats.iot.eu-west-1.amazonaws.com`.
     pub endpoint: Option<String>,
     /// 8883 (MQTT over TLS) or 443 (with ALPN `x-amzn-mqtt-ca`).
-    #[serde(deserialize_with = "crate::config::lenient::u16")]
+    #[serde(deserialize_with = "crate::lenient::u16")]
     pub port: u16,
     /// MQTT client id; defaults to the thing name. Must stay stable: IoT Core
     /// ties the persistent session to it.
@@ -73,20 +73,20 @@ pub struct MqttConfig {
     /// PEM file with the root CA(s) that signed the broker's certificate.
     pub root_ca_file: Option<PathBuf>,
     /// Sends ALPN `x-amzn-mqtt-ca`; defaults to on for port 443 only.
-    #[serde(deserialize_with = "crate::config::lenient::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub alpn: Option<bool>,
     /// MQTT keep-alive, 30 to 1200 seconds.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub keep_alive_seconds: u64,
     /// How long a publish or subscribe waits for the broker's acknowledgement.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub ack_timeout_seconds: u64,
     /// TCP and TLS connect timeout.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub connect_timeout_seconds: u64,
     /// Connects without TLS when no certificate is configured. For local
     /// development brokers only; logged at warn.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub allow_plain_tcp: bool,
 }
 

@@ -37,7 +37,7 @@ pub const DEFAULT_RECORD_BYTES: usize = 20_000;
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct FirehoseConfig {
     /// Whether to send HEC events to Firehose at all.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub enabled: bool,
     /// The delivery stream's name.
     pub delivery_stream: String,
@@ -50,23 +50,23 @@ pub struct FirehoseConfig {
     /// HEC `index`; leave unset unless the HEC token may write to it.
     pub index: Option<String>,
     /// Upper bound of one record in bytes (Firehose bills per started 5 KB).
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub record_bytes: usize,
     /// Longest time an event waits before it is sent, in milliseconds.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub flush_interval_ms: u64,
     /// Waiting bytes that trigger a send before the interval is up.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub flush_bytes: u64,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub retry_base_ms: u64,
     /// Longest retry delay in milliseconds.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub retry_max_ms: u64,
     /// How long `shutdown` keeps trying to deliver what is waiting, in
     /// milliseconds; the rest stays on disk for the next start.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub shutdown_timeout_ms: u64,
     /// Disk bounds of the sink's own outbox (`<stateDir>/firehose-outbox`).
     pub outbox: OutboxLimits,

@@ -138,10 +138,10 @@ impl Default for IpcOptions {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct IpcConfig {
     /// Deadline for one IPC operation in seconds, retries included.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub request_timeout_seconds: u64,
     /// Largest frame sent to the nucleus; 10000 works on both nuclei.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub max_frame_bytes: usize,
 }
 
