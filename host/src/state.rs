@@ -22,8 +22,6 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::status::write_atomically;
-
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -125,4 +123,25 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// Replaces `path` with `bytes` so that readers and a crash see either the old
+/// or the new content, never a mix: a temporary file beside it, fsync,
+/// rename, fsync of the directory. Every file that must survive a crash is
+/// written through here.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Persist the rename itself.
+    std::fs::File::open(dir)?.sync_all()
 }

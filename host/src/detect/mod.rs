@@ -452,7 +452,7 @@ impl Detector {
                 source,
             })?;
         }
-        crate::status::write_atomically(&self.state_path, &bytes).map_err(|source| {
+        crate::state::write_atomically(&self.state_path, &bytes).map_err(|source| {
             DetectError::Save {
                 path: self.state_path.clone(),
                 source,

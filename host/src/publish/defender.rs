@@ -821,7 +821,7 @@ impl LastPublish {
             std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
         }
         let json = serde_json::to_vec(&all).map_err(|e| state(e.to_string()))?;
-        crate::status::write_atomically(&self.path, &json).map_err(|e| state(e.to_string()))
+        crate::state::write_atomically(&self.path, &json).map_err(|e| state(e.to_string()))
     }
 }
 
