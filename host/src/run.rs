@@ -44,10 +44,6 @@ use crate::sample::{NetworkStats, Sample};
 use crate::state::{StateDir, now_ms};
 use crate::status::Status;
 
-/// The `source` prefix of alerts raised by local detection
-/// (`detect/<profile>`).
-const DETECT_ALERT_SOURCE: &str = "detect/";
-
 /// How `run` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
@@ -564,8 +560,7 @@ impl Session {
                 sample
             } else {
                 let mut copy = sample.clone();
-                copy.alerts
-                    .retain(|a| !a.source.starts_with(DETECT_ALERT_SOURCE));
+                copy.alerts.retain(|a| !a.origin().is_detection());
                 without_alarms = copy;
                 &without_alarms
             };

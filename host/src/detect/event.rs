@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::sample::{Alert, Severity};
+use crate::sample::{Alert, AlertOrigin, Severity};
 
 /// Whether a violation started or ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -83,7 +83,10 @@ impl AlarmEvent {
             attributes.insert("threshold".to_owned(), threshold.to_string());
         }
         Alert {
-            source: format!("detect/{}", self.profile),
+            source: AlertOrigin::Detection {
+                profile: &self.profile,
+            }
+            .to_string(),
             name: self.behavior.clone(),
             severity,
             message: format!(
