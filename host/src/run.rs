@@ -35,6 +35,7 @@ use crate::output::NdjsonOutput;
 use crate::pipeline::{NetworkState, RUN_NETWORK_STATE, log_collect_problems, thing_name};
 use crate::plugin::{PluginHost, Processed};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
+use crate::publish::firehose::SiemSink;
 use crate::publish::ipc::{ComponentState, IpcClient};
 use crate::publish::mqtt::MqttTransport;
 use crate::publish::outbox::Outbox;
@@ -217,11 +218,6 @@ impl Transport for AnyTransport {
     }
 }
 
-#[cfg(feature = "firehose")]
-type Firehose = Option<(crate::publish::firehose::FirehoseHandle, JoinHandle<()>)>;
-#[cfg(not(feature = "firehose"))]
-type Firehose = Option<((), JoinHandle<()>)>;
-
 /// The pipeline built from one configuration.
 struct Session {
     state: StateDir,
@@ -233,7 +229,7 @@ struct Session {
     output: NdjsonOutput,
     transport: Option<Arc<AnyTransport>>,
     publisher: Option<(DefenderHandle, JoinHandle<()>)>,
-    firehose: Firehose,
+    siem: SiemSink,
     ipc: Option<IpcClient>,
     network: NetworkState,
     format: report::Format,
@@ -243,7 +239,6 @@ struct Session {
     last_report: Option<Instant>,
     alarm_topic: String,
     local_topic: String,
-    alarms_to_firehose: bool,
     /// Whether the last `--once` report went to the publisher.
     submitted: bool,
 }
@@ -360,7 +355,13 @@ impl Session {
             }
             _ => None,
         };
-        let firehose = start_firehose(config, &state, &status).await;
+        let siem = SiemSink::start(
+            &config.publish.firehose,
+            config.detection.send_to_firehose,
+            state.path(),
+            &status,
+        )
+        .await;
         let report_every = Duration::from_secs(config.report.interval_seconds);
         let tick_every = if detector.is_active() {
             detector.interval().min(report_every)
@@ -371,7 +372,6 @@ impl Session {
         Ok(Session {
             alarm_topic: crate::detect::alarm_topic(&config.detection, &thing),
             local_topic: config.detection.local_topic.clone(),
-            alarms_to_firehose: config.detection.send_to_firehose,
             state,
             thing,
             status,
@@ -381,7 +381,7 @@ impl Session {
             output,
             transport,
             publisher,
-            firehose,
+            siem,
             ipc,
             network,
             format,
@@ -513,7 +513,7 @@ impl Session {
             // at once, with the sample that raised them.
             if !sample.alerts.is_empty() {
                 let id = self.state.next_report_id(now_ms())?;
-                self.to_firehose(&sample, id, false).await;
+                self.siem.submit(&sample, id, false).await;
             }
             return Ok(false);
         };
@@ -523,7 +523,7 @@ impl Session {
             sample.network_stats = window;
         }
         let id = self.state.next_report_id(now_ms())?;
-        self.to_firehose(&sample, id, true).await;
+        self.siem.submit(&sample, id, true).await;
         match report::prepare(&sample, id, self.format, self.report_budget) {
             Ok(prepared) => {
                 self.status.add("report.built", 1);
@@ -551,31 +551,6 @@ impl Session {
         }
         Ok(true)
     }
-
-    #[cfg(feature = "firehose")]
-    async fn to_firehose(&self, sample: &Sample, id: u64, report: bool) {
-        if let Some((firehose, _)) = &self.firehose {
-            let without_alarms;
-            let sample = if self.alarms_to_firehose {
-                sample
-            } else {
-                let mut copy = sample.clone();
-                copy.alerts.retain(|a| !a.origin().is_detection());
-                without_alarms = copy;
-                &without_alarms
-            };
-            if sample.alerts.is_empty() && !report {
-                return;
-            }
-            if let Err(error) = firehose.submit(sample, id).await {
-                error!(%error, sample_id = id, "cannot store events for Firehose");
-                self.status.add("firehose.submit_errors", 1);
-            }
-        }
-    }
-
-    #[cfg(not(feature = "firehose"))]
-    async fn to_firehose(&self, _sample: &Sample, _id: u64, _report: bool) {}
 
     /// Sends alarm events to the IoT topic and the local topic, in the
     /// background so that an unreachable peer never delays sampling.
@@ -638,11 +613,7 @@ impl Session {
             publisher.shutdown().await;
             let _ = task.await;
         }
-        #[cfg(feature = "firehose")]
-        if let Some((firehose, task)) = self.firehose.take() {
-            firehose.shutdown().await;
-            let _ = task.await;
-        }
+        self.siem.shutdown().await;
         if let Some(transport) = self.transport.take()
             && let AnyTransport::Mqtt(mqtt) = &*transport
         {
@@ -658,40 +629,6 @@ impl Session {
             warn!(%error, "cannot write the status file");
         }
     }
-}
-
-#[cfg(feature = "firehose")]
-async fn start_firehose(config: &Config, state: &StateDir, status: &Status) -> Firehose {
-    if !config.publish.firehose.enabled {
-        return None;
-    }
-    match crate::publish::firehose::FirehoseSink::start(
-        &config.publish.firehose,
-        state.path(),
-        status.clone(),
-    )
-    .await
-    {
-        Ok(sink) => Some(sink),
-        Err(error) => {
-            // Reports to Device Defender go on; SIEM events are not collected
-            // until the next start or configuration update.
-            error!(%error, "Firehose sink not started; SIEM events are not sent");
-            status.set_text("firehose.state", format!("not started: {error}"));
-            None
-        }
-    }
-}
-
-#[cfg(not(feature = "firehose"))]
-async fn start_firehose(config: &Config, _state: &StateDir, status: &Status) -> Firehose {
-    if config.publish.firehose.enabled {
-        error!(
-            "publish.firehose.enabled is set, but this build has no Firehose support (cargo feature `firehose`)"
-        );
-        status.set_text("firehose.state", "not built in");
-    }
-    None
 }
 
 async fn next_update(

@@ -6,9 +6,13 @@
 //! - [`records`] packs event lines into Firehose records and calls (pure).
 //! - [`FirehoseSink`] stores each sample's events durably, then delivers them
 //!   with `PutRecordBatch`, resending only what failed.
+//! - [`SiemSink`] is what `run` holds: the sink when it is configured and
+//!   started, with the choice of which alerts go.
 //!
 //! The sink and the AWS SDK are behind the cargo feature `firehose` (on by
-//! default); the pure parts are always built.
+//! default); the pure parts and [`SiemSink`] are always built, and without
+//! the feature a configured sink says "not built in". The feature is named
+//! nowhere outside this folder.
 //!
 //! Delivery is at least once: a response lost after Firehose accepted a call,
 //! or a restart between delivery and acknowledgement, sends events again.
@@ -17,6 +21,7 @@
 
 pub mod events;
 pub mod records;
+mod siem;
 #[cfg(feature = "firehose")]
 mod sink;
 
@@ -25,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::publish::outbox::OutboxLimits;
 
 pub use events::{EventOptions, HecEvent};
+pub use siem::SiemSink;
 #[cfg(feature = "firehose")]
 pub use sink::{FirehoseError, FirehoseHandle, FirehoseSink};
 
