@@ -9,6 +9,7 @@
 pub mod collect;
 pub mod config;
 pub mod detect;
+pub mod greengrass;
 pub mod lenient;
 pub mod output;
 pub mod pipeline;

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use defender_edge::config::Config;
-use defender_edge::publish::ipc::{ComponentState, IpcClient, IpcConfig, IpcEndpoint, IpcOptions};
+use defender_edge::greengrass::Nucleus;
 use defender_edge::report::Format;
 use defender_edge::status::Status;
 use defender_edge::{pipeline, run, status};
@@ -293,61 +293,18 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(async {
         let status = Status::new();
-        // Inside Greengrass the nucleus is the first peer: it holds the
-        // configuration (unless a file was given) and carries reports.
-        let ipc = match IpcEndpoint::from_env() {
-            Some(endpoint) => {
-                let options = IpcOptions {
-                    status: Some(status.clone()),
-                    ..IpcOptions::default()
-                };
-                Some(
-                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
-                        .await
-                        .context("connecting to the Greengrass nucleus")?,
-                )
-            }
-            None => None,
-        };
-        let live_configuration = file_config.is_none() && ipc.is_some();
-        let mut config = match (file_config, &ipc) {
-            (Some(config), _) => config,
-            (None, Some(ipc)) => match run::greengrass_configuration(ipc).await {
-                Ok(config) => {
-                    log.set_level(&config.log_level);
-                    config
-                }
-                Err(error) => {
-                    let _ = ipc.update_state(ComponentState::Errored).await;
-                    return Err(error);
-                }
-            },
-            (None, None) => Config::default(),
-        };
-        overrides.apply(&mut config);
-        // The first connection used the default client settings, because
-        // the configuration was not known yet; reconnect when it sets others.
-        let ipc = match (ipc, IpcEndpoint::from_env()) {
-            (Some(_), Some(endpoint)) if config.publish.ipc != IpcConfig::default() => {
-                let options = IpcOptions {
-                    status: Some(status.clone()),
-                    ..config.publish.ipc.options()
-                };
-                Some(
-                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
-                        .await
-                        .context("connecting to the Greengrass nucleus")?,
-                )
-            }
-            (ipc, _) => ipc,
-        };
+        let mut start = Nucleus::start(file_config, &status).await?;
+        if start.live_configuration {
+            log.set_level(&start.config.log_level);
+        }
+        overrides.apply(&mut start.config);
         let options = run::RunOptions {
             once: args.once,
             once_wait: Duration::from_secs(args.wait),
             overrides,
-            live_configuration,
+            live_configuration: start.live_configuration,
         };
-        run::run(config, ipc, status, options).await
+        run::run(start.config, start.nucleus, status, options).await
     })?;
     Ok(ExitCode::from(outcome.exit_code()))
 }

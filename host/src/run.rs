@@ -31,12 +31,13 @@ use tracing::{error, info, warn};
 use crate::collect::Collector;
 use crate::config::{Config, ConfigError};
 use crate::detect::{AlarmEvent, Detector};
+use crate::greengrass::Nucleus;
+use crate::greengrass::ipc::IpcClient;
 use crate::output::NdjsonOutput;
 use crate::pipeline::{NetworkState, RUN_NETWORK_STATE, log_collect_problems, thing_name};
 use crate::plugin::{PluginHost, Processed};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
 use crate::publish::firehose::SiemSink;
-use crate::publish::ipc::{ComponentState, IpcClient};
 use crate::publish::mqtt::MqttTransport;
 use crate::publish::outbox::Outbox;
 use crate::publish::{Message, Transport, TransportError, TransportKind};
@@ -96,38 +97,18 @@ pub struct RunOptions {
     pub live_configuration: bool,
 }
 
-/// Reads the component configuration from the nucleus: the whole document,
-/// without the recipe's `accessControl` (which is the nucleus's business,
-/// not a setting of ours).
-pub async fn greengrass_configuration(ipc: &IpcClient) -> anyhow::Result<Config> {
-    let mut value = ipc
-        .get_configuration(&[])
-        .await
-        .context("reading the component configuration from the Greengrass nucleus")?;
-    if let Some(map) = value.as_object_mut() {
-        map.remove("accessControl");
-    }
-    Ok(Config::from_value(
-        value,
-        "the Greengrass component configuration",
-    )?)
-}
-
 /// Runs until SIGTERM/SIGINT (or, with `once`, until one report was handled).
 pub async fn run(
     config: Config,
-    ipc: Option<IpcClient>,
+    nucleus: Option<Nucleus>,
     status: Status,
     options: RunOptions,
 ) -> anyhow::Result<RunOutcome> {
-    let mut updates = match (&ipc, options.live_configuration && !options.once) {
-        (Some(ipc), true) => Some(
-            ipc.subscribe_to_configuration_update(&[])
-                .await
-                .context("subscribing to configuration updates from the Greengrass nucleus")?,
-        ),
+    let mut updates = match (&nucleus, options.live_configuration && !options.once) {
+        (Some(nucleus), true) => Some(nucleus.configuration_updates().await?),
         _ => None,
     };
+    let ipc = nucleus.as_ref().map(|n| n.client().clone());
     let mut stop = Box::pin(crate::signals::stopped());
     let mut config = config;
     // The configuration to go back to when an update cannot start.
@@ -144,8 +125,8 @@ pub async fn run(
                     continue;
                 }
                 None => {
-                    if let Some(ipc) = &ipc {
-                        let _ = ipc.update_state(ComponentState::Errored).await;
+                    if let Some(nucleus) = &nucleus {
+                        nucleus.errored().await;
                     }
                     return Err(error);
                 }
@@ -155,14 +136,18 @@ pub async fn run(
             info!("applied configuration update");
             status.add("run.configuration_updates", 1);
         }
-        if let Some(ipc) = &ipc
-            && let Err(error) = ipc.update_state(ComponentState::Running).await
-        {
-            warn!(%error, "cannot report the RUNNING state to the nucleus");
+        if let Some(nucleus) = &nucleus {
+            nucleus.running().await;
         }
         session.last_report = last_report;
         let ended = session
-            .drive(&mut stop, updates.as_mut(), ipc.as_ref(), &options, &config)
+            .drive(
+                &mut stop,
+                updates.as_mut(),
+                nucleus.as_ref(),
+                &options,
+                &config,
+            )
             .await;
         last_report = session.last_report;
         match ended {
@@ -181,8 +166,8 @@ pub async fn run(
             }
             Err(error) => {
                 session.shutdown().await;
-                if let Some(ipc) = &ipc {
-                    let _ = ipc.update_state(ComponentState::Errored).await;
+                if let Some(nucleus) = &nucleus {
+                    nucleus.errored().await;
                 }
                 return Err(error);
             }
@@ -399,7 +384,7 @@ impl Session {
         &mut self,
         stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
         mut updates: Option<&mut mpsc::Receiver<Vec<String>>>,
-        ipc: Option<&IpcClient>,
+        nucleus: Option<&Nucleus>,
         options: &RunOptions,
         current: &Config,
     ) -> anyhow::Result<Ended> {
@@ -418,7 +403,7 @@ impl Session {
                         updates = None;
                         continue;
                     };
-                    if let Some(new) = read_update(ipc, &path, options, current, &self.status).await {
+                    if let Some(new) = read_update(nucleus, &path, options, current, &self.status).await {
                         return Ok(Ended::Reconfigure(Box::new(new)));
                     }
                     continue;
@@ -643,18 +628,18 @@ async fn next_update(
 /// Reads the configuration after an update event; `None` when it is invalid
 /// (logged and counted) or unchanged.
 async fn read_update(
-    ipc: Option<&IpcClient>,
+    nucleus: Option<&Nucleus>,
     path: &[String],
     options: &RunOptions,
     current: &Config,
     status: &Status,
 ) -> Option<Config> {
-    let ipc = ipc?;
+    let nucleus = nucleus?;
     // Greengrass sends one event per changed key; a deployment that changes
     // several sends several. Let them settle, then read the whole document.
     tokio::time::sleep(Duration::from_millis(200)).await;
     info!(key_path = ?path, "configuration update announced");
-    let mut config = match greengrass_configuration(ipc).await {
+    let mut config = match nucleus.configuration().await {
         Ok(config) => config,
         Err(error) => {
             warn!(error = %format!("{error:#}"), "refused configuration update; keeping the running configuration");

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use defender_edge::publish::ipc::frame::{self, Frame, Header};
-use defender_edge::publish::ipc::{
+use defender_edge::greengrass::ipc::frame::{self, Frame, Header};
+use defender_edge::greengrass::ipc::{
     ComponentState, IpcClient, IpcError, IpcOptions, Qos, max_publish_payload,
 };
 use defender_edge::publish::{Transport, TransportError};

@@ -7,7 +7,6 @@
 
 pub mod defender;
 pub mod firehose;
-pub mod ipc;
 pub mod mqtt;
 pub mod outbox;
 
@@ -62,7 +61,7 @@ pub struct PublishConfig {
     /// SIEM events to Splunk through Amazon Data Firehose.
     pub firehose: firehose::FirehoseConfig,
     /// Greengrass IPC client settings.
-    pub ipc: ipc::IpcConfig,
+    pub ipc: IpcConfig,
     /// Which transport carries Device Defender reports.
     pub transport: TransportKind,
     /// Direct MQTT settings (`transport: mqtt`, or `auto` outside Greengrass).
@@ -86,6 +85,30 @@ impl PublishConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The `publish.ipc` section: settings of the Greengrass IPC client
+/// ([`crate::greengrass::ipc::IpcOptions`] is made from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct IpcConfig {
+    /// Deadline for one IPC operation in seconds, retries included.
+    #[serde(deserialize_with = "crate::lenient::u64")]
+    pub request_timeout_seconds: u64,
+    /// Largest frame sent to the nucleus; 10000 works on both nuclei.
+    #[serde(deserialize_with = "crate::lenient::usize")]
+    pub max_frame_bytes: usize,
+}
+
+impl Default for IpcConfig {
+    /// The client's own defaults (a test in `greengrass::ipc` holds them
+    /// together): 10 s, and nucleus lite's frame limit.
+    fn default() -> Self {
+        IpcConfig {
+            request_timeout_seconds: 10,
+            max_frame_bytes: 10_000,
+        }
     }
 }
 

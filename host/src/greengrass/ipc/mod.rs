@@ -40,11 +40,10 @@ mod rpc;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 pub use client::{IpcClient, IpcEndpoint};
 pub use rpc::{max_publish_payload, publish_frame_len};
 
+use crate::publish::IpcConfig;
 use crate::status::Status;
 
 /// Environment variable naming the nucleus IPC socket.
@@ -133,34 +132,12 @@ impl Default for IpcOptions {
     }
 }
 
-/// The `publish.ipc` configuration section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
-pub struct IpcConfig {
-    /// Deadline for one IPC operation in seconds, retries included.
-    #[serde(deserialize_with = "crate::lenient::u64")]
-    pub request_timeout_seconds: u64,
-    /// Largest frame sent to the nucleus; 10000 works on both nuclei.
-    #[serde(deserialize_with = "crate::lenient::usize")]
-    pub max_frame_bytes: usize,
-}
-
-impl Default for IpcConfig {
-    fn default() -> Self {
-        let options = IpcOptions::default();
-        IpcConfig {
-            request_timeout_seconds: options.request_timeout.as_secs(),
-            max_frame_bytes: options.max_frame_bytes,
-        }
-    }
-}
-
-impl IpcConfig {
-    /// Client options for this configuration.
-    pub fn options(&self) -> IpcOptions {
+impl From<&IpcConfig> for IpcOptions {
+    /// The client options the `publish.ipc` section asks for.
+    fn from(config: &IpcConfig) -> IpcOptions {
         IpcOptions {
-            request_timeout: Duration::from_secs(self.request_timeout_seconds.max(1)),
-            max_frame_bytes: self.max_frame_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
+            max_frame_bytes: config.max_frame_bytes,
             ..IpcOptions::default()
         }
     }
