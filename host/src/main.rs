@@ -48,7 +48,9 @@ enum Command {
 /// Network deltas are taken against the counters saved by the previous
 /// `collect` in the state directory; without them network_stats is left out
 /// rather than invented. `collect` never sleeps unless --delta-window is given.
-/// CBOR is written as raw bytes.
+/// CBOR is written as raw bytes. With security profiles configured the
+/// sample is judged too and alarms are logged on stderr (docs/DETECTION.md);
+/// nothing of detection is saved.
 #[derive(Debug, Args)]
 struct CollectArgs {
     /// Encoding of the report.

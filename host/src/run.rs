@@ -1,22 +1,23 @@
 //! `run`: the long-running component.
 //!
-//! A *session* is the pipeline built from one configuration: collector,
-//! plugin host, detector, NDJSON output, transport, Device Defender publisher
-//! and Firehose sink. `run` keeps one session at a time. When Greengrass
-//! announces a configuration update, the new document is parsed and checked
-//! first; an invalid one is refused with a log line and the running session
-//! goes on untouched. A valid one replaces the session: the old one is shut
-//! down (its outboxes closed, nothing lost), the new one starts in the same
-//! process. If the new one cannot start (a plugin directory that does not
-//! exist, say), the old configuration is started again.
+//! A *session* is what one configuration starts: the [`Pipeline`] and
+//! everything around it that does I/O: the NDJSON output, the transport, the
+//! Device Defender publisher, the SIEM sink and the alarm topics. `run` keeps
+//! one session at a time. When Greengrass announces a configuration update,
+//! the new document is parsed and checked first; an invalid one is refused
+//! with a log line and the running session goes on untouched. A valid one
+//! replaces the session: the old one is shut down (its outboxes closed,
+//! nothing lost), the new one starts in the same process. If the new one
+//! cannot start (a plugin directory that does not exist, say), the old
+//! configuration is started again.
 //!
 //! Sampling: one tick per detection interval (10 s by default), or per report
-//! interval when detection is off. Every tick collects, judges device
-//! metrics, runs the plugins, judges custom metrics, and dispatches alarms at
-//! once. A tick at or after the report deadline also builds a report, hands
-//! it to the publisher's outbox and to Firehose. The publisher decides when
-//! Device Defender may have it (300 s floor); `run` never waits for it except
-//! with `--once`.
+//! interval when detection is off. Every tick is one [`Pipeline::step`],
+//! run where blocking is allowed; its alarms go out at once, its sample to
+//! the SIEM path when it carries alerts, and a tick at or after the report
+//! deadline hands its report to the publisher's outbox. The publisher
+//! decides when Device Defender may have it (300 s floor); `run` never waits
+//! for it except with `--once`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,21 +29,17 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::collect::Collector;
 use crate::config::{Config, ConfigError};
-use crate::detect::{AlarmEvent, Detector};
+use crate::detect::AlarmEvent;
 use crate::greengrass::Nucleus;
 use crate::greengrass::ipc::IpcClient;
 use crate::output::NdjsonOutput;
-use crate::pipeline::{NetworkState, RUN_NETWORK_STATE, log_collect_problems, thing_name};
-use crate::plugin::{PluginHost, Processed};
+use crate::pipeline::{Outcome, Passed, Pipeline, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
 use crate::publish::firehose::SiemSink;
 use crate::publish::mqtt::MqttTransport;
 use crate::publish::outbox::Outbox;
 use crate::publish::{Message, Transport, TransportError, TransportKind};
-use crate::report;
-use crate::sample::{NetworkStats, Sample};
 use crate::state::{StateDir, now_ms};
 use crate::status::Status;
 
@@ -97,6 +94,28 @@ pub struct RunOptions {
     pub live_configuration: bool,
 }
 
+/// When the next report is due. Kept across sessions, so a configuration
+/// update does not make an early report.
+#[derive(Debug, Default)]
+struct ReportClock {
+    last: Option<Instant>,
+}
+
+impl ReportClock {
+    /// Whether a report is due at `now` (with 50 ms of slack for a ticker
+    /// that fires a little early); if so, the next one is due a whole
+    /// interval later.
+    fn take(&mut self, now: Instant, every: Duration) -> bool {
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) + Duration::from_millis(50) >= every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
 /// Runs until SIGTERM/SIGINT (or, with `once`, until one report was handled).
 pub async fn run(
     config: Config,
@@ -108,14 +127,13 @@ pub async fn run(
         (Some(nucleus), true) => Some(nucleus.configuration_updates().await?),
         _ => None,
     };
-    let ipc = nucleus.as_ref().map(|n| n.client().clone());
     let mut stop = Box::pin(crate::signals::stopped());
     let mut config = config;
     // The configuration to go back to when an update cannot start.
     let mut previous: Option<Config> = None;
-    let mut last_report: Option<Instant> = None;
+    let mut clock = ReportClock::default();
     loop {
-        let mut session = match Session::start(&config, ipc.clone(), status.clone()).await {
+        let mut session = match Session::start(&config, nucleus.as_ref(), status.clone()).await {
             Ok(session) => session,
             Err(error) => match previous.take() {
                 Some(old) => {
@@ -139,9 +157,9 @@ pub async fn run(
         if let Some(nucleus) = &nucleus {
             nucleus.running().await;
         }
-        session.last_report = last_report;
         let ended = session
             .drive(
+                &mut clock,
                 &mut stop,
                 updates.as_mut(),
                 nucleus.as_ref(),
@@ -149,7 +167,6 @@ pub async fn run(
                 &config,
             )
             .await;
-        last_report = session.last_report;
         match ended {
             Ok(Ended::Stopped) => {
                 session.shutdown().await;
@@ -203,81 +220,52 @@ impl Transport for AnyTransport {
     }
 }
 
-/// The pipeline built from one configuration.
+/// The pipeline of one configuration and the I/O around it.
 struct Session {
+    pipeline: Pipeline,
     state: StateDir,
-    thing: String,
     status: Status,
-    collector: Collector,
-    plugins: Option<PluginHost>,
-    detector: Detector,
     output: NdjsonOutput,
     transport: Option<Arc<AnyTransport>>,
     publisher: Option<(DefenderHandle, JoinHandle<()>)>,
     siem: SiemSink,
-    ipc: Option<IpcClient>,
-    network: NetworkState,
-    format: report::Format,
-    report_budget: usize,
+    alarms: AlarmTopics,
+    format: crate::report::Format,
     report_every: Duration,
     tick_every: Duration,
-    last_report: Option<Instant>,
-    alarm_topic: String,
-    local_topic: String,
     /// Whether the last `--once` report went to the publisher.
     submitted: bool,
 }
 
 impl Session {
-    /// Checks a configuration the way `start` would, without starting
-    /// anything: for refusing an update before the running session stops.
-    fn probe(config: &Config) -> anyhow::Result<()> {
-        thing_name(config)?;
-        if let Some(dir) = &config.plugins.dir {
-            anyhow::ensure!(
-                dir.is_dir(),
-                "key `plugins.dir`: {} is not a directory",
-                dir.display()
-            );
-        }
-        Detector::new(&config.detection, &config.state_dir, &Status::new())
-            .context("key `detection`")?;
-        Ok(())
-    }
-
     async fn start(
         config: &Config,
-        ipc: Option<IpcClient>,
+        nucleus: Option<&Nucleus>,
         status: Status,
     ) -> anyhow::Result<Session> {
         let state = StateDir::open(&config.state_dir)?;
-        let thing = thing_name(config)?;
+        // Loading compiles and instantiates plugins, and wasmtime-wasi
+        // drives its own futures to completion there: it must run where
+        // blocking is allowed, not on an async worker.
+        let mut pipeline = tokio::task::block_in_place(|| {
+            Pipeline::start(
+                config,
+                state.clone(),
+                status.clone(),
+                Window::SinceLastReport,
+            )
+        })?;
+        let thing = pipeline.thing().to_owned();
         status.set_text("run.thing", thing.clone());
-        let collector = Collector::new(&config.collect);
-        let plugins = match config.plugins.dir {
-            // Loading compiles and instantiates plugins, and wasmtime-wasi
-            // drives its own futures to completion there: it must run where
-            // blocking is allowed, not on an async worker.
-            Some(_) => {
-                let cache = state.subdir("plugin-cache")?;
-                let host = tokio::task::block_in_place(|| {
-                    PluginHost::start(&config.plugins, &cache, status.clone())
-                })?;
-                Some(host)
-            }
-            None => None,
-        };
-        let detector = Detector::new(&config.detection, state.path(), &status)
-            .context("loading the security profiles (detection)")?;
         let output = NdjsonOutput::open(config.output.ndjson.as_deref())?;
-        let network: NetworkState = state.load(RUN_NETWORK_STATE).unwrap_or_default();
+        let ipc = nucleus.map(Nucleus::client);
 
         let kind = config
             .publish
             .transport
             .resolve(ipc.is_some(), &config.publish);
         let transport = match kind {
-            TransportKind::Ipc => match &ipc {
+            TransportKind::Ipc => match ipc {
                 Some(ipc) => Some(Arc::new(AnyTransport::Ipc(ipc.clone()))),
                 None => anyhow::bail!(ConfigError::Invalid {
                     origin: "the configuration".to_owned(),
@@ -297,19 +285,18 @@ impl Session {
         // The report must fit one message of the transport: nucleus lite
         // takes IPC frames of 10,000 bytes at most (the payload travels in
         // base64), and an MQTT packet holds the topic beside the payload.
-        let report_budget = match (&ipc, kind) {
+        match (ipc, kind) {
             (Some(ipc), TransportKind::Ipc) => {
-                config.report.max_bytes.min(ipc.max_publish_payload(&topic))
+                pipeline.limit_report_bytes(ipc.max_publish_payload(&topic))
             }
-            (_, TransportKind::Mqtt) => config
-                .report
-                .max_bytes
-                .min(crate::publish::mqtt::max_publish_payload(&topic)),
-            _ => config.report.max_bytes,
-        };
-        if report_budget < config.report.max_bytes {
+            (_, TransportKind::Mqtt) => {
+                pipeline.limit_report_bytes(crate::publish::mqtt::max_publish_payload(&topic))
+            }
+            _ => {}
+        }
+        if pipeline.report_budget() < config.report.max_bytes {
             info!(
-                budget = report_budget,
+                budget = pipeline.report_budget(),
                 configured = config.report.max_bytes,
                 "report size budget lowered to what one message of the transport carries"
             );
@@ -348,32 +335,28 @@ impl Session {
         )
         .await;
         let report_every = Duration::from_secs(config.report.interval_seconds);
-        let tick_every = if detector.is_active() {
-            detector.interval().min(report_every)
-        } else {
-            report_every
-        };
+        let tick_every = pipeline
+            .detection_interval()
+            .map_or(report_every, |every| every.min(report_every));
         info!(%thing, transport = ?kind, report_interval_s = report_every.as_secs(), sample_interval_s = tick_every.as_secs_f64(), "defender-edge running");
         Ok(Session {
-            alarm_topic: crate::detect::alarm_topic(&config.detection, &thing),
-            local_topic: config.detection.local_topic.clone(),
+            alarms: AlarmTopics {
+                topic: crate::detect::alarm_topic(&config.detection, &thing),
+                local_topic: config.detection.local_topic.clone(),
+                transport: transport.clone(),
+                ipc: ipc.cloned(),
+                status: status.clone(),
+            },
+            pipeline,
             state,
-            thing,
             status,
-            collector,
-            plugins,
-            detector,
             output,
             transport,
             publisher,
             siem,
-            ipc,
-            network,
             format,
-            report_budget,
             report_every,
             tick_every,
-            last_report: None,
             submitted: false,
         })
     }
@@ -382,6 +365,7 @@ impl Session {
     /// arrives that parses and passes its checks.
     async fn drive(
         &mut self,
+        clock: &mut ReportClock,
         stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
         mut updates: Option<&mut mpsc::Receiver<Vec<String>>>,
         nucleus: Option<&Nucleus>,
@@ -409,7 +393,9 @@ impl Session {
                     continue;
                 }
             }
-            let reported = self.tick().await?;
+            let reported = self
+                .tick(clock.take(Instant::now(), self.report_every))
+                .await?;
             if let Err(error) = self.status.write(self.state.path(), now_ms()) {
                 warn!(%error, "cannot write the status file");
             }
@@ -419,106 +405,36 @@ impl Session {
         }
     }
 
-    /// One sample through the pipeline; returns whether a report was built.
-    async fn tick(&mut self) -> anyhow::Result<bool> {
-        let now = Instant::now();
-        let report_due = self.last_report.is_none_or(|last| {
-            now.duration_since(last) + Duration::from_millis(50) >= self.report_every
-        });
-        let collected =
-            self.collector
-                .sample(&self.thing, now_ms(), self.network.counters.as_ref());
-        log_collect_problems(&collected, &self.status);
-        self.status.add("collect.samples", 1);
-        self.network.absorb(collected.sample.network_stats);
-        self.network.counters = Some(collected.counters);
-        let mut sample: Sample = collected.sample;
-        let window = if report_due {
-            self.last_report = Some(now);
-            Some(self.network.take_for_report())
-        } else {
-            None
-        };
-        let mut alarms = self.detector.evaluate_device(&sample, sample.timestamp_ms);
-        sample
-            .alerts
-            .extend(alarms.iter().map(AlarmEvent::to_alert));
-        let mut sample = match &self.plugins {
-            Some(host) => match host.process_async(sample).await {
-                Processed::Pass(changed) => Some(changed),
-                Processed::Held { plugin, reason } => {
-                    warn!(%plugin, %reason, "sample held back by a fail-closed plugin");
-                    self.status.add("report.held", 1);
-                    None
-                }
-                Processed::Dropped { plugin } => {
-                    info!(%plugin, "sample dropped by plugin");
-                    self.status.add("report.dropped_by_plugin", 1);
-                    None
-                }
-            },
-            None => Some(sample),
-        };
-        if let Some(sample) = &mut sample {
-            let custom = self.detector.evaluate_custom(sample, sample.timestamp_ms);
-            sample
-                .alerts
-                .extend(custom.iter().map(AlarmEvent::to_alert));
-            alarms.extend(custom);
-        }
-        if let Err(error) = self.detector.save(now_ms(), false) {
-            warn!(%error, "cannot save the detection statistics");
-        }
-        self.dispatch_alarms(&alarms);
-        let reported = self.report(sample, window).await;
-        if let Err(error) = self.state.save(RUN_NETWORK_STATE, &self.network) {
-            warn!(%error, "cannot persist network counters");
-        }
-        reported
-    }
-
-    /// Builds and hands on the report of a report tick; on other ticks sends
-    /// alerts to the SIEM path. Returns whether this was a report tick.
-    async fn report(
-        &mut self,
-        sample: Option<Sample>,
-        window: Option<Option<NetworkStats>>,
-    ) -> anyhow::Result<bool> {
-        let report_due = window.is_some();
-
-        let Some(mut sample) = sample else {
-            // No report this time: the window's traffic goes to the next one.
-            if let Some(window) = window {
-                self.network.give_back(window);
+    /// One pipeline step, then its outputs handed on; returns whether this
+    /// was a report tick.
+    async fn tick(&mut self, report_due: bool) -> anyhow::Result<bool> {
+        // Plugins are synchronous and bounded by their budgets: the step
+        // runs where blocking is allowed.
+        let pipeline = &mut self.pipeline;
+        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
+        self.pipeline.persist(now_ms());
+        self.alarms.deliver(&tick.alarms);
+        let Passed { sample, id, report } = match tick.outcome {
+            Outcome::Passed(passed) => *passed,
+            Outcome::Held { plugin, reason } => {
+                warn!(%plugin, %reason, "sample held back by a fail-closed plugin");
+                self.status.add("report.held", 1);
+                return Ok(report_due);
             }
-            return Ok(report_due);
-        };
-        let Some(window) = window else {
-            // Not a report tick: alarms and plugin alerts go to the SIEM path
-            // at once, with the sample that raised them.
-            if !sample.alerts.is_empty() {
-                let id = self.state.next_report_id(now_ms())?;
-                self.siem.submit(&sample, id, false).await;
+            Outcome::Dropped { plugin } => {
+                info!(%plugin, "sample dropped by plugin");
+                self.status.add("report.dropped_by_plugin", 1);
+                return Ok(report_due);
             }
-            return Ok(false);
         };
-        // The report carries the traffic of its whole window; a plugin that
-        // removed network_stats keeps them out.
-        if sample.network_stats.is_some() {
-            sample.network_stats = window;
+        if let Some(id) = id {
+            self.siem.submit(&sample, id, report.is_some()).await;
         }
-        let id = self.state.next_report_id(now_ms())?;
-        self.siem.submit(&sample, id, true).await;
-        match report::prepare(&sample, id, self.format, self.report_budget) {
-            Ok(prepared) => {
-                self.status.add("report.built", 1);
-                let trimmed = prepared.trimmed.total();
-                if trimmed > 0 {
-                    warn!(report_id = id, trimmed = ?prepared.trimmed, budget = self.report_budget, "report over budget; entries trimmed");
-                    self.status.add("report.trimmed_entries", trimmed);
-                }
+        match report {
+            None => {}
+            Some(Ok(prepared)) => {
                 // Outbox first: once a report is anywhere, it is durable.
-                let text = prepared.report;
+                let id = prepared.report.header.report_id;
                 if let Some((publisher, _)) = &self.publisher {
                     publisher
                         .submit(id, prepared.bytes)
@@ -526,53 +442,14 @@ impl Session {
                         .with_context(|| format!("storing report {id} in the outbox"))?;
                     self.submitted = true;
                 }
-                self.output.write(&text, self.format)?;
+                self.output.write(&prepared.report, self.format)?;
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 error!(report_id = id, %error, "report failed validation; not sent");
                 self.status.add("report.validation_failures", 1);
-                self.network.give_back(window);
             }
         }
-        Ok(true)
-    }
-
-    /// Sends alarm events to the IoT topic and the local topic, in the
-    /// background so that an unreachable peer never delays sampling.
-    fn dispatch_alarms(&self, alarms: &[AlarmEvent]) {
-        for alarm in alarms {
-            let payload = alarm.to_json();
-            warn!(alarm = %String::from_utf8_lossy(&payload), "detection");
-            if let Some(transport) = &self.transport {
-                let transport = transport.clone();
-                let topic = self.alarm_topic.clone();
-                let payload = payload.clone();
-                let status = self.status.clone();
-                tokio::spawn(async move {
-                    match transport.publish(&topic, payload).await {
-                        Ok(()) => status.add("detect.alarms_published", 1),
-                        Err(error) => {
-                            warn!(%topic, %error, "cannot publish an alarm event");
-                            status.add("detect.alarm_publish_errors", 1);
-                        }
-                    }
-                });
-            }
-            if let Some(ipc) = &self.ipc {
-                let ipc = ipc.clone();
-                let topic = self.local_topic.clone();
-                let status = self.status.clone();
-                tokio::spawn(async move {
-                    match ipc.publish_to_topic(&topic, &payload).await {
-                        Ok(()) => status.add("detect.alarms_local", 1),
-                        Err(error) => {
-                            warn!(%topic, %error, "cannot publish an alarm event locally");
-                            status.add("detect.alarm_local_errors", 1);
-                        }
-                    }
-                });
-            }
-        }
+        Ok(report_due)
     }
 
     /// `--once`: waits for the report's acknowledgement.
@@ -604,14 +481,62 @@ impl Session {
         {
             mqtt.shutdown().await;
         }
-        if let Err(error) = self.detector.save(now_ms(), true) {
-            warn!(%error, "cannot save the detection statistics");
-        }
+        self.pipeline.finish(now_ms());
         if let Err(error) = self.output.flush() {
             warn!(%error, "cannot flush the NDJSON output");
         }
         if let Err(error) = self.status.write(self.state.path(), now_ms()) {
             warn!(%error, "cannot write the status file");
+        }
+    }
+}
+
+/// Where alarm events go: the IoT topic over the transport and the
+/// Greengrass local topic.
+struct AlarmTopics {
+    topic: String,
+    local_topic: String,
+    transport: Option<Arc<AnyTransport>>,
+    ipc: Option<IpcClient>,
+    status: Status,
+}
+
+impl AlarmTopics {
+    /// Logs each event and publishes it in the background, so that an
+    /// unreachable peer never delays sampling.
+    fn deliver(&self, alarms: &[AlarmEvent]) {
+        for alarm in alarms {
+            let payload = alarm.to_json();
+            warn!(alarm = %String::from_utf8_lossy(&payload), "detection");
+            if let Some(transport) = &self.transport {
+                let transport = transport.clone();
+                let topic = self.topic.clone();
+                let payload = payload.clone();
+                let status = self.status.clone();
+                tokio::spawn(async move {
+                    match transport.publish(&topic, payload).await {
+                        Ok(()) => status.add("detect.alarms_published", 1),
+                        Err(error) => {
+                            warn!(%topic, %error, "cannot publish an alarm event");
+                            status.add("detect.alarm_publish_errors", 1);
+                        }
+                    }
+                });
+            }
+            if let Some(ipc) = &self.ipc {
+                let ipc = ipc.clone();
+                let topic = self.local_topic.clone();
+                let status = self.status.clone();
+                tokio::spawn(async move {
+                    match ipc.publish_to_topic(&topic, &payload).await {
+                        Ok(()) => status.add("detect.alarms_local", 1),
+                        Err(error) => {
+                            warn!(%topic, %error, "cannot publish an alarm event locally");
+                            status.add("detect.alarm_local_errors", 1);
+                        }
+                    }
+                });
+            }
         }
     }
 }
@@ -651,7 +576,7 @@ async fn read_update(
     if config == *current {
         return None;
     }
-    if let Err(error) = Session::probe(&config) {
+    if let Err(error) = Pipeline::check(&config) {
         warn!(error = %format!("{error:#}"), "refused configuration update; keeping the running configuration");
         status.add("run.configuration_refused", 1);
         return None;

@@ -129,6 +129,48 @@ fn collect_prints_the_pinned_reports() {
     }
 }
 
+/// With security profiles configured, `collect` judges its sample too: the
+/// alarms are logged as `run` logs them, the report is the same, and
+/// nothing of detection is written back to the state directory `run` uses.
+#[test]
+fn collect_judges_its_sample_and_keeps_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = seeded_state(dir.path());
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        json!({"detection": {"profilePaths": [golden_path("profile.json")]}}).to_string(),
+    )
+    .expect("write config");
+    let out = command()
+        .args(["collect", "--thing", THING, "--proc-root"])
+        .arg(proc_tree("captured"))
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run collect");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    check("collect-first.json", &out.stdout);
+    let alarms: Vec<String> = stderr
+        .lines()
+        .filter_map(|line| line.split_once(" detection alarm=").map(|(_, json)| json))
+        .map(|json| format!("{}\n", blank_clock(json)))
+        .collect();
+    let expected = std::fs::read_to_string(golden_path("run-once-alarms.ndjson")).expect("golden");
+    assert_eq!(
+        alarms.concat(),
+        expected,
+        "the first tick's alarms; stderr:\n{stderr}"
+    );
+    assert!(
+        !state.join("detect-state.json").exists(),
+        "collect keeps no detection state"
+    );
+}
+
 /// What one `run` left behind: its outboxes, NDJSON file and log.
 struct RunOutputs {
     /// `(report id, report bytes)` waiting for Device Defender.
