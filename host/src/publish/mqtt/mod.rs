@@ -22,8 +22,17 @@
 //! Reconnects back off exponentially from 1 s to 60 s with ±25 % jitter (IoT
 //! Core allows one CONNECT per second per client id), and every failed attempt
 //! is logged with the broker's address and the reason.
+//!
+//! # Protocol state apart from I/O
+//!
+//! As in rumqttc itself, the state lives apart from the event loop: `state`
+//! holds who waits for which acknowledgement, which subscriptions hold, and
+//! the backoff, as transitions that do no I/O and are tested without a
+//! broker. The connection task (`drive`) polls rumqttc, applies the
+//! transition under the lock callers queue with, and does what it returns.
 
-use std::collections::{HashMap, VecDeque};
+mod state;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use super::{Message, Transport, TransportError};
 use crate::status::Status;
+use state::{ClientState, Subscribed};
 
 /// AWS IoT Core's payload limit; also the packet size rumqttc accepts in and
 /// out (its default, 10 KiB, would refuse ordinary reports).
@@ -167,36 +177,11 @@ pub enum MqttError {
     },
 }
 
-/// A subscription: the receivers of one topic filter and whether the broker
-/// confirmed it in the current session.
-struct Subscription {
-    senders: Vec<mpsc::Sender<Message>>,
-    confirmed: bool,
-    requested: bool,
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
-}
-
-/// State shared by callers and the connection task, under one lock so that
-/// the order of queued requests and of their waiters always agree.
-struct Shared {
-    connected: bool,
-    last_error: Option<String>,
-    /// Publishes queued to rumqttc, waiting for their packet id.
-    queued: VecDeque<oneshot::Sender<Result<(), String>>>,
-    /// Publishes sent, waiting for their PUBACK.
-    inflight: HashMap<u16, oneshot::Sender<Result<(), String>>>,
-    /// Subscribes queued to rumqttc (by filter), waiting for their packet id.
-    queued_subscribes: VecDeque<String>,
-    /// Subscribes sent, waiting for their SUBACK.
-    inflight_subscribes: HashMap<u16, String>,
-    subscriptions: HashMap<String, Subscription>,
-}
-
 /// The MQTT implementation of [`Transport`]. Cheap to share behind an `Arc`;
 /// dropping it (or calling [`MqttTransport::shutdown`]) stops the connection.
 pub struct MqttTransport {
     client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
+    state: Arc<Mutex<ClientState>>,
     peer: String,
     ack_timeout: Duration,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -254,27 +239,19 @@ impl MqttTransport {
         network.set_connection_timeout(config.connect_timeout_seconds);
         eventloop.set_network_options(network);
 
-        let shared = Arc::new(Mutex::new(Shared {
-            connected: false,
-            last_error: None,
-            queued: VecDeque::new(),
-            inflight: HashMap::new(),
-            queued_subscribes: VecDeque::new(),
-            inflight_subscribes: HashMap::new(),
-            subscriptions: HashMap::new(),
-        }));
+        let state = Arc::new(Mutex::new(ClientState::new()));
         status.set_text("mqtt.state", "connecting");
         info!(peer = %peer, client_id = %client_id, "MQTT connecting");
         let task = tokio::spawn(drive(
             eventloop,
             client.clone(),
-            shared.clone(),
+            state.clone(),
             peer.clone(),
             status.clone(),
         ));
         Ok(MqttTransport {
             client,
-            shared,
+            state,
             peer,
             ack_timeout: Duration::from_secs(config.ack_timeout_seconds),
             task: Mutex::new(Some(task)),
@@ -284,12 +261,12 @@ impl MqttTransport {
 
     /// Whether a session with the broker is up right now.
     pub fn is_connected(&self) -> bool {
-        lock(&self.shared).connected
+        lock(&self.state).connected
     }
 
     /// The last connection error, naming the broker, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        lock(&self.shared).last_error.clone()
+        lock(&self.state).last_error.clone()
     }
 
     /// Waits until connected or `deadline` passed; returns whether connected.
@@ -319,7 +296,7 @@ impl MqttTransport {
             .await;
             task.abort();
         }
-        fail_all(&mut lock(&self.shared), "transport shut down");
+        lock(&self.state).stopped();
         self.status.set("mqtt.connected", 0);
     }
 
@@ -361,9 +338,9 @@ impl Transport for MqttTransport {
         let mut payload = Some(payload);
         let receiver = loop {
             {
-                let mut shared = lock(&self.shared);
-                if !shared.connected {
-                    let reason = shared
+                let mut state = lock(&self.state);
+                if !state.connected {
+                    let reason = state
                         .last_error
                         .clone()
                         .unwrap_or_else(|| "not connected yet".to_owned());
@@ -376,7 +353,7 @@ impl Transport for MqttTransport {
                 {
                     Ok(()) => {
                         let (tx, rx) = oneshot::channel();
-                        shared.queued.push_back(tx);
+                        state.publish_queued(tx);
                         break rx;
                     }
                     Err(rumqttc::ClientError::TryRequest(rumqttc::Request::Publish(p)))
@@ -415,28 +392,15 @@ impl Transport for MqttTransport {
         }
         let (tx, rx) = mpsc::channel(256);
         let waiter = {
-            let mut guard = lock(&self.shared);
-            let shared = &mut *guard;
-            let subscription = shared
-                .subscriptions
-                .entry(filter.to_owned())
-                .or_insert_with(|| Subscription {
-                    senders: Vec::new(),
-                    confirmed: false,
-                    requested: false,
-                    waiters: Vec::new(),
-                });
-            subscription.senders.push(tx);
-            if subscription.confirmed {
-                None
-            } else {
-                let (wtx, wrx) = oneshot::channel();
-                subscription.waiters.push(wtx);
-                if shared.connected && !subscription.requested {
-                    subscription.requested = true;
-                    request_subscribe(&self.client, &mut shared.queued_subscribes, filter);
+            let mut state = lock(&self.state);
+            match state.subscribe(filter, tx) {
+                Subscribed::Confirmed => None,
+                Subscribed::Pending { waiter, request } => {
+                    if request {
+                        request_subscribe(&self.client, &mut state, filter);
+                    }
+                    Some(waiter)
                 }
-                Some(wrx)
             }
         };
         let Some(waiter) = waiter else { return Ok(rx) };
@@ -455,55 +419,39 @@ impl Transport for MqttTransport {
     }
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Every critical section leaves the maps consistent before it can panic,
-    // so a poisoned lock is still usable.
-    shared.lock().unwrap_or_else(|p| p.into_inner())
+fn lock(state: &Mutex<ClientState>) -> MutexGuard<'_, ClientState> {
+    // Every transition leaves the state consistent before it can panic, so
+    // a poisoned lock is still usable.
+    state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn request_subscribe(client: &AsyncClient, queued: &mut VecDeque<String>, filter: &str) {
+/// Queues a SUBSCRIBE to rumqttc, under the lock its packet id is paired
+/// with the filter under.
+fn request_subscribe(client: &AsyncClient, state: &mut ClientState, filter: &str) {
     match client.try_subscribe(filter, QoS::AtLeastOnce) {
-        Ok(()) => queued.push_back(filter.to_owned()),
+        Ok(()) => state.subscribe_queued(filter),
         // Only a full queue can fail here (the filter was validated); the next
         // reconnect or subscribe call asks again.
         Err(error) => warn!(filter, %error, "MQTT subscribe could not be queued"),
     }
 }
 
-/// Fails every publish waiting for an id or an ack, and forgets queued
-/// subscribes; subscription waiters keep waiting for the next session.
-fn fail_all(shared: &mut Shared, reason: &str) {
-    for tx in shared.queued.drain(..) {
-        let _ = tx.send(Err(reason.to_owned()));
-    }
-    for (_, tx) in shared.inflight.drain() {
-        let _ = tx.send(Err(reason.to_owned()));
-    }
-    shared.queued_subscribes.clear();
-    shared.inflight_subscribes.clear();
-    for subscription in shared.subscriptions.values_mut() {
-        subscription.requested = false;
-    }
-}
-
-/// The connection task: polls rumqttc, pairs acknowledgements with waiters,
-/// dispatches incoming messages, and reconnects with backoff.
+/// The connection task: polls rumqttc, hands each event to the state
+/// machine ([`ClientState`]) under the lock callers queue with, and does
+/// what the transition asks: subscribe again, count, log, wait before
+/// reconnecting.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
+    state: Arc<Mutex<ClientState>>,
     peer: String,
     status: Status,
 ) {
-    let mut backoff = Backoff::new();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
-                backoff.reset();
-                let mut guard = lock(&shared);
-                let shared = &mut *guard;
-                shared.connected = true;
-                shared.last_error = None;
+                let mut state = lock(&state);
+                let connected = state.connected(connack.session_present);
                 status.set("mqtt.connected", 1);
                 status.add("mqtt.connects", 1);
                 status.set_text("mqtt.state", "connected");
@@ -512,62 +460,31 @@ async fn drive(
                     session_present = connack.session_present,
                     "MQTT connected"
                 );
-                for (filter, subscription) in shared.subscriptions.iter_mut() {
-                    // A fresh session lost every subscription on the broker.
-                    if !connack.session_present {
-                        subscription.confirmed = false;
-                    }
-                    if !subscription.confirmed && !subscription.requested {
-                        subscription.requested = true;
-                        request_subscribe(&client, &mut shared.queued_subscribes, filter);
-                        if !connack.session_present {
-                            status.add("mqtt.resubscribed", 1);
-                        }
+                for filter in &connected.subscribe {
+                    request_subscribe(&client, &mut state, filter);
+                    if connected.fresh_session {
+                        status.add("mqtt.resubscribed", 1);
                     }
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut shared = lock(&shared);
-                if let Some(tx) = shared.queued.pop_front() {
-                    shared.inflight.insert(pkid, tx);
-                }
-            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => lock(&state).publish_sent(pkid),
             Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                let tx = lock(&shared).inflight.remove(&ack.pkid);
-                if let Some(tx) = tx {
+                if lock(&state).publish_acknowledged(ack.pkid) {
                     status.add("mqtt.acknowledged", 1);
-                    let _ = tx.send(Ok(()));
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => {
-                let mut shared = lock(&shared);
-                if let Some(filter) = shared.queued_subscribes.pop_front() {
-                    shared.inflight_subscribes.insert(pkid, filter);
-                }
-            }
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => lock(&state).subscribe_sent(pkid),
             Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                let mut guard = lock(&shared);
-                let shared = &mut *guard;
-                let Some(filter) = shared.inflight_subscribes.remove(&ack.pkid) else {
-                    continue;
-                };
                 let refused = ack
                     .return_codes
                     .iter()
                     .any(|c| matches!(c, SubscribeReasonCode::Failure));
-                if let Some(subscription) = shared.subscriptions.get_mut(&filter) {
-                    subscription.requested = false;
-                    subscription.confirmed = !refused;
-                    let result = if refused {
-                        warn!(peer = %peer, filter = %filter, "MQTT subscription refused");
-                        Err(format!("subscription to {filter} refused"))
-                    } else {
-                        debug!(peer = %peer, filter = %filter, "MQTT subscribed");
-                        Ok(())
-                    };
-                    for waiter in subscription.waiters.drain(..) {
-                        let _ = waiter.send(result.clone());
+                match lock(&state).subscribe_acknowledged(ack.pkid, refused) {
+                    Some(filter) if refused => {
+                        warn!(peer = %peer, filter = %filter, "MQTT subscription refused")
                     }
+                    Some(filter) => debug!(peer = %peer, filter = %filter, "MQTT subscribed"),
+                    None => {}
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(publish))) => {
@@ -575,25 +492,15 @@ async fn drive(
                     topic: publish.topic.clone(),
                     payload: publish.payload.to_vec(),
                 };
-                let mut shared = lock(&shared);
-                for (filter, subscription) in shared.subscriptions.iter_mut() {
-                    if !topic_matches(&message.topic, filter) {
-                        continue;
-                    }
-                    subscription.senders.retain(|tx| !tx.is_closed());
-                    for tx in &subscription.senders {
-                        if tx.try_send(message.clone()).is_err() {
-                            status.add("mqtt.dropped_incoming", 1);
-                            warn!(topic = %message.topic, "MQTT subscriber is not keeping up: message dropped");
-                        }
-                    }
+                let dropped = lock(&state).received(&message);
+                for _ in 0..dropped {
+                    status.add("mqtt.dropped_incoming", 1);
+                    warn!(topic = %message.topic, "MQTT subscriber is not keeping up: message dropped");
                 }
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 // Our own shutdown: do not reconnect.
-                let mut shared = lock(&shared);
-                shared.connected = false;
-                fail_all(&mut shared, "transport shut down");
+                lock(&state).stopped();
                 status.set("mqtt.connected", 0);
                 status.set_text("mqtt.state", "stopped");
                 info!(peer = %peer, "MQTT disconnected");
@@ -606,24 +513,20 @@ async fn drive(
             }
             Err(error) => {
                 let reason = describe(&error);
-                {
-                    let mut shared = lock(&shared);
+                let (was_connected, delay) = {
+                    let mut state = lock(&state);
                     // rumqttc moved what was in flight or queued into its own
                     // retransmission queue; the outbox owns retries, so drop
                     // it here, under the lock callers queue with.
                     eventloop.clean();
                     eventloop.pending.clear();
-                    let was_connected = shared.connected;
-                    shared.connected = false;
-                    shared.last_error = Some(format!("{peer}: {reason}"));
-                    fail_all(&mut shared, &format!("connection to {peer} lost: {reason}"));
-                    if was_connected {
-                        status.set("mqtt.connected", 0);
-                    }
+                    state.connection_lost(&peer, &reason)
+                };
+                if was_connected {
+                    status.set("mqtt.connected", 0);
                 }
                 status.add("mqtt.connect_failures", 1);
                 status.set_text("mqtt.state", format!("disconnected: {reason}"));
-                let delay = backoff.next();
                 warn!(
                     peer = %peer,
                     error = %reason,
@@ -634,26 +537,6 @@ async fn drive(
             }
         }
     }
-}
-
-/// MQTT 3.1.1 §4.7: `+` and `#` match single and trailing levels, but a
-/// filter starting with a wildcard never matches a `$` topic. (rumqttc's own
-/// `matches` refuses every `$` topic, which would lose all `$aws/...` replies.)
-fn topic_matches(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for f in filter.split('/') {
-        if f == "#" {
-            return true;
-        }
-        match levels.next() {
-            Some(t) if f == "+" || f == t => {}
-            _ => return false,
-        }
-    }
-    levels.next().is_none()
 }
 
 /// Names a connection error so that an operator sees which side refused.
@@ -675,46 +558,6 @@ fn describe(error: &ConnectionError) -> String {
         "connect timed out".to_owned()
     } else {
         text
-    }
-}
-
-/// Exponential backoff from 1 s to 60 s with ±25 % jitter.
-struct Backoff {
-    next: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(60);
-
-    fn new() -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id());
-        Backoff {
-            next: Self::FIRST,
-            seed: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: jitter needs spread between devices, not cryptography.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let quarter = base.as_millis() as u64 / 4;
-        let jitter = self.seed % (2 * quarter + 1);
-        // Never below 1 s: IoT Core allows one CONNECT per second per client id.
-        (base - Duration::from_millis(quarter) + Duration::from_millis(jitter)).max(Self::FIRST)
     }
 }
 
@@ -792,63 +635,6 @@ fn read_certs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_with_jitter_and_never_below_one_second() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
-        for d in &delays {
-            assert!(
-                *d >= Duration::from_secs(1) && *d <= Duration::from_secs(75),
-                "{d:?}"
-            );
-        }
-        assert!(delays[5] >= Duration::from_secs(24), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(1250));
-    }
-
-    #[test]
-    fn topic_filters_match_like_the_broker() {
-        let cases = [
-            (
-                "$aws/things/t/defender/metrics/json/accepted",
-                "$aws/things/t/defender/metrics/json/accepted",
-                true,
-            ),
-            (
-                "$aws/things/t/defender/metrics/json/accepted",
-                "$aws/things/+/defender/metrics/json/+",
-                true,
-            ),
-            (
-                "$aws/things/t/defender/metrics/json/accepted",
-                "$aws/#",
-                true,
-            ),
-            ("$aws/things/t/defender/metrics/json/accepted", "#", false),
-            (
-                "$aws/things/t/defender/metrics/json/accepted",
-                "+/things/#",
-                false,
-            ),
-            (
-                "$aws/things/t/defender/metrics/json",
-                "$aws/things/t/defender/metrics/json/accepted",
-                false,
-            ),
-            ("a/b/c", "a/+", false),
-            ("a/b", "a/b/#", true),
-            ("a/b", "a/+", true),
-        ];
-        for (topic, filter, expected) in cases {
-            assert_eq!(
-                topic_matches(topic, filter),
-                expected,
-                "{topic} vs {filter}"
-            );
-        }
-    }
 
     #[test]
     fn config_checks_name_the_key() {
