@@ -315,10 +315,6 @@ impl Session {
                     format,
                     state_dir: state.path().to_owned(),
                     config: config.publish.device_defender.clone(),
-                    // Superseded reports lose nothing: every sample already
-                    // went to the NDJSON output and, when configured, to
-                    // Firehose when it was collected.
-                    on_superseded: None,
                 };
                 Some(
                     DefenderPublisher::start(transport.clone(), outbox, options, status.clone())

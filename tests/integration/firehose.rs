@@ -519,7 +519,7 @@ fn expected_ids(samples: &[(Sample, u64)], config: &FirehoseConfig) -> BTreeSet<
     let mut ids = BTreeSet::new();
     for (s, id) in samples {
         let mut buf = Vec::new();
-        events::write_sample(s, *id, &options, &mut buf);
+        events::write_sample(s, *id, &options, usize::MAX, &mut buf, |_, _| {});
         for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).expect("JSON");
             ids.insert(

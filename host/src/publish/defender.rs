@@ -9,9 +9,10 @@
 //! supported (device-defender.md §2, §7 #12). When several reports wait in the
 //! outbox (the broker was away, or the process restarted), only the **newest**
 //! is published. Every older one is *superseded*: counted in
-//! `defender.superseded`, logged at warn with its report id, handed to the
-//! optional [`SupersededHook`] (so the SIEM path can still keep it), and only
-//! then removed from the outbox. Nothing is dropped silently.
+//! `defender.superseded`, logged at warn with its report id, and only then
+//! removed from the outbox. Nothing is dropped silently, and nothing is lost:
+//! every sample went to the NDJSON output and, when configured, to the SIEM
+//! path when it was collected.
 //!
 //! # The publish floor
 //!
@@ -70,20 +71,8 @@ impl Default for DefenderConfig {
     }
 }
 
-/// A report that will never go to Device Defender because a newer one
-/// replaced it; handed to the [`SupersededHook`] before it leaves the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SupersededReport {
-    pub report_id: u64,
-    pub payload: Vec<u8>,
-}
-
-/// Receives superseded reports (e.g. to forward them to the SIEM path). Called
-/// on a blocking thread; it must not block for long.
-pub type SupersededHook = Arc<dyn Fn(SupersededReport) + Send + Sync>;
-
 /// What the publisher needs besides the transport and the outbox.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DefenderOptions {
     pub thing_name: String,
     /// The encoding of the submitted reports; picks the topic.
@@ -91,19 +80,6 @@ pub struct DefenderOptions {
     /// Where the last publish time is persisted.
     pub state_dir: PathBuf,
     pub config: DefenderConfig,
-    pub on_superseded: Option<SupersededHook>,
-}
-
-impl std::fmt::Debug for DefenderOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DefenderOptions")
-            .field("thing_name", &self.thing_name)
-            .field("format", &self.format)
-            .field("state_dir", &self.state_dir)
-            .field("config", &self.config)
-            .field("on_superseded", &self.on_superseded.is_some())
-            .finish()
-    }
 }
 
 /// Why the publisher could not start or take a report.
@@ -559,10 +535,9 @@ impl<T: Transport + 'static> Driver<T> {
         {
             return;
         }
-        let hook = self.options.on_superseded.clone();
         let status = self.status.clone();
         let picked = self
-            .with_outbox(move |outbox| pick_newest(outbox, hook.as_ref(), &status))
+            .with_outbox(move |outbox| pick_newest(outbox, &status))
             .await;
         let (entry, report_id, report) = match picked {
             Ok(Some(p)) => p,
@@ -616,21 +591,12 @@ impl<T: Transport + 'static> Driver<T> {
             Err(TransportError::Refused { peer, reason }) => {
                 // The peer said no for good (e.g. the payload is too large):
                 // retrying would block every newer report behind this one.
-                // Hand it on like a superseded report, counted apart.
+                // It leaves like a superseded report, counted apart.
                 self.status.add("defender.refused", 1);
                 self.status
                     .set_text("defender.last_error", format!("{peer} refused: {reason}"));
-                warn!(%peer, %reason, report_id, "report refused by the transport; handed to the superseded hook, not retried");
-                let hook = self.options.on_superseded.clone();
-                let removed = self
-                    .with_outbox(move |o| {
-                        let (report_id, payload) = split_entry(o.read(entry)?);
-                        if let Some(hook) = hook {
-                            hook(SupersededReport { report_id, payload });
-                        }
-                        o.remove(entry)
-                    })
-                    .await;
+                warn!(%peer, %reason, report_id, "report refused by the transport; removed from the outbox, not retried");
+                let removed = self.with_outbox(move |o| o.remove(entry)).await;
                 if let Err(error) = removed {
                     warn!(%error, report_id, "refused report could not be removed from the outbox");
                 }
@@ -720,7 +686,6 @@ async fn sleep_until(wake: Option<Instant>) {
 /// Supersedes all but the newest waiting report and returns the newest.
 fn pick_newest(
     outbox: &mut Outbox,
-    hook: Option<&SupersededHook>,
     status: &Status,
 ) -> Result<Option<(EntryId, u64, Vec<u8>)>, OutboxError> {
     let pending = outbox.pending();
@@ -728,15 +693,12 @@ fn pick_newest(
         return Ok(None);
     };
     for &entry in older {
-        let (report_id, payload) = split_entry(outbox.read(entry)?);
+        let (report_id, _) = split_entry(outbox.read(entry)?);
         status.add("defender.superseded", 1);
         warn!(
             report_id,
             "report superseded by a newer one: Device Defender takes current data only"
         );
-        if let Some(hook) = hook {
-            hook(SupersededReport { report_id, payload });
-        }
         outbox.remove(entry)?;
     }
     let (report_id, payload) = split_entry(outbox.read(newest)?);

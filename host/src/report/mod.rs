@@ -35,12 +35,6 @@ pub fn validate(report: &Report) -> Result<(), ValidationError> {
     validate::report(report)
 }
 
-/// Checks a thing name: 1 to 128 bytes of UTF-8, no control characters, and
-/// none of the MQTT topic characters `/`, `+`, `#`.
-pub fn validate_thing_name(name: &str) -> Result<(), ValidationError> {
-    validate::thing_name(name)
-}
-
 /// Builds, validates, encodes and, if needed, trims the report for
 /// `sample` so that it takes at most `max_bytes` in `format`.
 pub fn prepare(

@@ -199,19 +199,17 @@ impl FirehoseHandle {
             });
         }
         let mut payload = Vec::with_capacity(4096);
-        let mut count = 0;
-        for event in events::events(sample, sample_id, &shared.options) {
-            let start = payload.len();
-            event.write_line(&mut payload);
-            let bytes = payload.len() - start;
-            if bytes > records::MAX_RECORD_BYTES {
-                payload.truncate(start);
+        let count = events::write_sample(
+            sample,
+            sample_id,
+            &shared.options,
+            records::MAX_RECORD_BYTES,
+            &mut payload,
+            |metric, bytes| {
                 shared.status.add("firehose.events_oversized", 1);
-                error!(stream = %shared.stream, metric = event.event.name, bytes, "event exceeds Firehose's record limit and is dropped");
-            } else {
-                count += 1;
-            }
-        }
+                error!(stream = %shared.stream, metric, bytes, "event exceeds Firehose's record limit and is dropped");
+            },
+        );
         if count == 0 {
             return Ok(());
         }
@@ -226,7 +224,7 @@ impl FirehoseHandle {
             stream: shared.stream.clone(),
             reason: e.to_string(),
         })?;
-        shared.status.add("firehose.events_submitted", count);
+        shared.status.add("firehose.events_submitted", count as u64);
         shared.wake.notify_one();
         Ok(())
     }

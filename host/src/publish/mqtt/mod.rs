@@ -269,18 +269,6 @@ impl MqttTransport {
         lock(&self.state).last_error.clone()
     }
 
-    /// Waits until connected or `deadline` passed; returns whether connected.
-    pub async fn wait_connected(&self, deadline: Duration) -> bool {
-        let until = tokio::time::Instant::now() + deadline;
-        while tokio::time::Instant::now() < until {
-            if self.is_connected() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.is_connected()
-    }
-
     /// Disconnects and stops the connection task. Outstanding publishes fail
     /// with `Unreachable`; their entries stay in the outbox.
     pub async fn shutdown(&self) {
