@@ -91,27 +91,40 @@ fn seeded_state(dir: &Path) -> PathBuf {
 }
 
 fn collect(state: &Path, tree: &str, format: &str) -> Vec<u8> {
-    let out = command()
-        .args([
-            "collect",
-            "--thing",
-            THING,
-            "--format",
-            format,
-            "--proc-root",
-        ])
-        .arg(proc_tree(tree))
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .expect("run collect");
+    collect_with(state, tree, format, None).0
+}
+
+/// `collect` of `tree` into `state`, with a configuration file or none:
+/// its standard output and error.
+fn collect_with(
+    state: &Path,
+    tree: &str,
+    format: &str,
+    config: Option<&Path>,
+) -> (Vec<u8>, String) {
+    let mut cmd = command();
+    cmd.args([
+        "collect",
+        "--thing",
+        THING,
+        "--format",
+        format,
+        "--proc-root",
+    ])
+    .arg(proc_tree(tree))
+    .arg("--state-dir")
+    .arg(state);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let out = cmd.output().expect("run collect");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
-        "collect exited {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "collect exited {:?}: {stderr}",
+        out.status
     );
-    out.stdout
+    (out.stdout, stderr)
 }
 
 /// `collect` twice, as a person would: the first has no network baseline,
@@ -142,26 +155,11 @@ fn collect_judges_its_sample_and_keeps_nothing() {
         json!({"detection": {"profilePaths": [golden_path("profile.json")]}}).to_string(),
     )
     .expect("write config");
-    let out = command()
-        .args(["collect", "--thing", THING, "--proc-root"])
-        .arg(proc_tree("captured"))
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .expect("run collect");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    check("collect-first.json", &out.stdout);
-    let alarms: Vec<String> = stderr
-        .lines()
-        .filter_map(|line| line.split_once(" detection alarm=").map(|(_, json)| json))
-        .map(|json| format!("{}\n", blank_clock(json)))
-        .collect();
+    let (stdout, stderr) = collect_with(&state, "captured", "json", Some(&config));
+    check("collect-first.json", &stdout);
     let expected = std::fs::read_to_string(golden_path("run-once-alarms.ndjson")).expect("golden");
     assert_eq!(
-        alarms.concat(),
+        alarms_logged(&stderr),
         expected,
         "the first tick's alarms; stderr:\n{stderr}"
     );
@@ -178,8 +176,8 @@ struct RunOutputs {
     ndjson: String,
     /// One entry per sample sent to the SIEM path, HEC lines each.
     hec: Vec<String>,
-    /// The alarm events logged, as published.
-    alarms: Vec<String>,
+    /// The alarm events logged, as published, one per line.
+    alarms: String,
     log: String,
 }
 
@@ -257,23 +255,23 @@ impl Rig {
         } else {
             Vec::new()
         };
-        let alarms = log
-            .lines()
-            .filter_map(|line| line.split_once(" detection alarm=").map(|(_, json)| json))
-            .map(|json| {
-                let mut json = blank_clock(json);
-                json.push('\n');
-                json
-            })
-            .collect();
         RunOutputs {
+            alarms: alarms_logged(&log),
             reports,
             ndjson: std::fs::read_to_string(&self.ndjson).unwrap_or_default(),
             hec,
-            alarms,
             log,
         }
     }
+}
+
+/// The alarm events a log shows (`run` and `collect` log each as the JSON
+/// they publish), clock blanked, one per line.
+fn alarms_logged(log: &str) -> String {
+    log.lines()
+        .filter_map(|line| line.split_once(" detection alarm=").map(|(_, json)| json))
+        .map(|json| format!("{}\n", blank_clock(json)))
+        .collect()
 }
 
 /// A loopback port nothing listens on.
@@ -383,7 +381,7 @@ fn run_once_hands_on_the_pinned_outputs() {
             &format!("run-once.{format}.ndjson"),
             outputs.ndjson.as_bytes(),
         );
-        check("run-once-alarms.ndjson", outputs.alarms.concat().as_bytes());
+        check("run-once-alarms.ndjson", outputs.alarms.as_bytes());
         if cfg!(feature = "firehose") {
             assert_eq!(outputs.hec.len(), 1, "one sample; log:\n{}", outputs.log);
             check("run-once-hec.ndjson", outputs.hec[0].as_bytes());
@@ -456,10 +454,7 @@ fn run_ticks_hand_on_the_pinned_outputs() {
         "run-ticks.ndjson",
         format!("{}\n", ndjson.join("\n")).as_bytes(),
     );
-    check(
-        "run-ticks-alarms.ndjson",
-        outputs.alarms.concat().as_bytes(),
-    );
+    check("run-ticks-alarms.ndjson", outputs.alarms.as_bytes());
     if cfg!(feature = "firehose") {
         assert!(outputs.hec.len() >= 3, "log:\n{}", outputs.log);
         check("run-ticks-hec.ndjson", outputs.hec[..3].concat().as_bytes());
