@@ -595,12 +595,19 @@ mod tests {
         assert_eq!(pipeline.network.traffic(), Some(NetworkStats::default()));
     }
 
-    #[test]
-    fn a_report_that_is_not_built_leaves_its_traffic_to_the_next() {
+    /// `run`'s pipeline after its first report, the device showing the
+    /// later tree: the next step's delta is [`captured_delta`].
+    fn after_a_first_report() -> (Device, Pipeline) {
         let device = Device::new();
         let mut pipeline = device.pipeline(Window::SinceLastReport);
         pipeline.step(T0, true).expect("step");
         device.show("captured-later");
+        (device, pipeline)
+    }
+
+    #[test]
+    fn a_report_that_is_not_built_leaves_its_traffic_to_the_next() {
+        let (_device, mut pipeline) = after_a_first_report();
         pipeline.limit_report_bytes(100);
         let (_, _, report) = passed(pipeline.step(T0 + 1_000, true).expect("step"));
         assert!(
@@ -616,10 +623,7 @@ mod tests {
 
     #[test]
     fn the_run_window_survives_a_restart() {
-        let device = Device::new();
-        let mut pipeline = device.pipeline(Window::SinceLastReport);
-        pipeline.step(T0, true).expect("step");
-        device.show("captured-later");
+        let (device, mut pipeline) = after_a_first_report();
         pipeline.step(T0 + 1_000, false).expect("step");
         pipeline.persist(T0 + 1_000);
         drop(pipeline);

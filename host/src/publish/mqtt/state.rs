@@ -316,14 +316,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn publishes_resolve_on_their_own_puback_in_queue_order() {
+    /// A connected client with two publishes queued; returns their
+    /// receivers, in queue order.
+    fn two_queued() -> (ClientState, [oneshot::Receiver<Result<(), String>>; 2]) {
         let mut state = ClientState::new();
         state.connected(true);
-        let (first, mut first_rx) = waiter();
-        let (second, mut second_rx) = waiter();
+        let (first, first_rx) = waiter();
+        let (second, second_rx) = waiter();
         state.publish_queued(first);
         state.publish_queued(second);
+        (state, [first_rx, second_rx])
+    }
+
+    #[test]
+    fn publishes_resolve_on_their_own_puback_in_queue_order() {
+        let (mut state, [mut first_rx, mut second_rx]) = two_queued();
         state.publish_sent(7);
         state.publish_sent(8);
         assert!(state.publish_acknowledged(8));
@@ -336,13 +343,8 @@ mod tests {
 
     #[test]
     fn a_lost_connection_fails_every_waiting_publish_and_backs_off() {
-        let mut state = ClientState::new();
-        state.connected(true);
-        let (queued, mut queued_rx) = waiter();
-        let (sent, mut sent_rx) = waiter();
-        state.publish_queued(sent);
+        let (mut state, [mut sent_rx, mut queued_rx]) = two_queued();
         state.publish_sent(1);
-        state.publish_queued(queued);
         let (was_connected, first) = state.connection_lost("MQTT broker b:8883", "reset");
         assert!(was_connected);
         assert!(!state.connected);
