@@ -172,8 +172,9 @@ fn port(port: u16, interface: Option<&str>) -> ListeningPort {
     }
 }
 
-/// A device with a rogue FTP server (21), SSH (22) and an ephemeral listener.
-fn sample() -> Sample {
+/// A device with a rogue FTP server (21), SSH (22) and an ephemeral listener;
+/// the sample every plugin test feeds its plugins.
+pub(crate) fn sample() -> Sample {
     let conn = |addr: &str, local_port| EstablishedConnection {
         remote_addr: addr.parse().unwrap(),
         local_port,
