@@ -165,7 +165,7 @@ impl Rig {
     }
 }
 
-fn port(port: u16, interface: Option<&str>) -> ListeningPort {
+pub(crate) fn port(port: u16, interface: Option<&str>) -> ListeningPort {
     ListeningPort {
         port,
         interface: interface.map(str::to_owned),
@@ -206,7 +206,7 @@ pub(crate) fn sample() -> Sample {
     }
 }
 
-fn passed(p: Processed) -> Sample {
+pub(crate) fn passed(p: Processed) -> Sample {
     match p {
         Processed::Pass(s) => s,
         other => panic!("expected the sample to pass, got {other:?}"),
