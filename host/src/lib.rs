@@ -12,9 +12,11 @@
 pub mod collect;
 pub mod config;
 pub mod detect;
+pub mod fuzz;
 pub mod greengrass;
 pub mod lenient;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
 pub mod plugin;
 pub mod publish;

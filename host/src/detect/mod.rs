@@ -18,7 +18,7 @@ mod alarm;
 mod criteria;
 mod event;
 mod metric;
-mod profile;
+pub(crate) mod profile;
 mod statistics;
 
 use std::cell::OnceCell;
@@ -471,14 +471,24 @@ impl Detector {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(error) => {
-                tracing::warn!(file = %self.state_path.display(), %error, "cannot read detection state; starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };
         let saved: SavedState = match serde_json::from_slice(&bytes) {
             Ok(saved) => saved,
             Err(error) => {
-                tracing::warn!(file = %self.state_path.display(), %error, "detection state is corrupt; starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };

@@ -41,7 +41,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use client::{IpcClient, IpcEndpoint};
-pub use rpc::{max_publish_payload, publish_frame_len};
+pub use connection::{decode_configuration_update, decode_iot_core_message};
+pub use rpc::{error_of, max_publish_payload, publish_frame_len};
 
 use crate::publish::IpcConfig;
 use crate::status::Status;
