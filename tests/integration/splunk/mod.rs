@@ -13,7 +13,9 @@ mod eval;
 mod search;
 mod syntax;
 
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(feature = "firehose")]
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +23,7 @@ use serde_json::Value;
 
 use self::app::App;
 use self::conf::Conf;
+#[cfg(feature = "firehose")]
 use self::eval::Fields;
 use crate::support;
 
