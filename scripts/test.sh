@@ -2,8 +2,8 @@
 # Installs every test prerequisite that is missing (idempotently), then runs the
 # whole test suite: unit tests, integration tests against real peers (mosquitto,
 # moto server, real sockets and /proc, a strict Greengrass test nucleus checked
-# against AWS's own Python client), plugin builds, and the Raspberry Pi builds
-# under qemu-user.
+# against AWS's own Python client), plugin builds, the Raspberry Pi builds
+# under qemu-user, and the Splunk app through Splunk AppInspect.
 #
 #   scripts/test.sh            install what is missing, then test everything
 #   scripts/test.sh -- ARGS    extra arguments for `cargo test` (e.g. a filter)
@@ -26,10 +26,15 @@ qemu-arm-static qemu-user-static
 aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf
 python3 python3
+ss iproute2
+setpriv util-linux
+setcap libcap2-bin
 LIST
 [ -d /usr/aarch64-linux-gnu/lib ] || missing+=(libc6-dev-arm64-cross)
 [ -d /usr/arm-linux-gnueabihf/lib ] || missing+=(libc6-dev-armhf-cross)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# Splunk AppInspect (python-magic) loads libmagic at import.
+dpkg -s libmagic1 >/dev/null 2>&1 || missing+=(libmagic1)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq

@@ -29,7 +29,6 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +37,11 @@ use defender_edge::collect::{CollectConfig, Collector, Counters};
 use defender_edge::config::Config;
 use defender_edge::pipeline;
 use defender_edge::report::{self, DEFAULT_MAX_BYTES, Format};
+
+#[path = "support/sockets.rs"]
+#[allow(dead_code)] // Churn is for the attribution bench.
+mod sockets;
+use sockets::{Connections, Listeners, raise_fd_limit};
 
 /// The files the specification's bare read covers.
 const BARE_FILES: [&str; 5] = [
@@ -174,90 +178,6 @@ fn support_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/support/python_collector.py")
 }
 
-/// 2N sockets need 2N descriptors; the default soft limit is often 1,024.
-fn raise_fd_limit(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit for the call to fill and then read.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur >= wanted {
-            return;
-        }
-        assert!(
-            limit.rlim_max >= wanted,
-            "RLIMIT_NOFILE hard limit {} is below the {wanted} descriptors needed",
-            limit.rlim_max
-        );
-        limit.rlim_cur = wanted;
-        assert_eq!(
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
-            0,
-            "setrlimit(RLIMIT_NOFILE, {wanted}): {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// A few listeners of each kind, so the listening-port lists are not empty.
-struct Listeners {
-    _tcp: Vec<TcpListener>,
-    _udp: Vec<UdpSocket>,
-}
-
-impl Listeners {
-    fn open() -> Listeners {
-        let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
-        let lo4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let lo6 = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
-        let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0));
-        Listeners {
-            _tcp: [any4, lo4, lo6, any6]
-                .into_iter()
-                .map(|a| TcpListener::bind(a).expect("bind a TCP listener"))
-                .collect(),
-            _udp: [any4, lo4, lo6]
-                .into_iter()
-                .map(|a| UdpSocket::bind(a).expect("bind a UDP socket"))
-                .collect(),
-        }
-    }
-}
-
-/// Established loopback connections, both ends held open.
-struct Connections {
-    v4: TcpListener,
-    v6: TcpListener,
-    open: Vec<(TcpStream, TcpStream)>,
-}
-
-impl Connections {
-    fn open() -> Connections {
-        Connections {
-            v4: TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the IPv4 server"),
-            v6: TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind the IPv6 server"),
-            open: Vec::new(),
-        }
-    }
-
-    fn grow_to(&mut self, n: usize) {
-        while self.open.len() < n {
-            // Connect and accept one at a time so the backlog never overflows.
-            let server = if self.open.len() % 4 == 3 {
-                &self.v6
-            } else {
-                &self.v4
-            };
-            let addr = server.local_addr().expect("server address");
-            let client = TcpStream::connect(addr).expect("connect over loopback");
-            let (accepted, _) = server.accept().expect("accept");
-            self.open.push((client, accepted));
-        }
-    }
-}
-
 /// Per-call durations of one side.
 #[derive(Default)]
 struct Calls(Vec<Duration>);
@@ -309,7 +229,11 @@ fn bare_read(files: &[&str], buf: &mut Vec<u8>) -> usize {
 }
 
 fn measure(n: usize, budget: &Budget, python: Option<&Path>) -> Row {
-    let collector = Collector::new(&CollectConfig::default());
+    // As `collect` does: the report does not use attribution.
+    let collector = Collector::new(&CollectConfig {
+        attribution: false,
+        ..CollectConfig::default()
+    });
     let mut baseline = collector.sample(THING, 0, None).counters;
     let mut id = 0u64;
     let mut buf = Vec::with_capacity(1 << 20);

@@ -102,6 +102,7 @@ fn bench(c: &mut Criterion) {
     let captured = Collector::new(&CollectConfig {
         proc_root: repo().join("tests/fixtures/proc/captured"),
         include_loopback_traffic: false,
+        ..CollectConfig::default()
     })
     .sample("bench-thing", 0, None)
     .sample
@@ -111,6 +112,7 @@ fn bench(c: &mut Criterion) {
     let collector = Collector::new(&CollectConfig {
         proc_root: tree.path().to_owned(),
         include_loopback_traffic: false,
+        ..CollectConfig::default()
     });
     let first = collector.sample("bench-thing", 0, None);
     assert!(first.warnings.is_empty(), "{:?}", first.warnings);

@@ -9,7 +9,9 @@
 pub mod collect;
 pub mod config;
 pub mod detect;
+pub mod fuzz;
 pub mod output;
+pub mod owners;
 pub mod pipeline;
 pub mod plugin;
 pub mod publish;

@@ -79,6 +79,25 @@ struct CollectArgs {
     /// Size budget of the encoded report in bytes (overrides report.maxBytes).
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<usize>,
+    /// Instead of the report, print who holds each listening port and
+    /// established connection: pid, user, program, systemd unit, Greengrass
+    /// component, or why it is unattributed. `--owners json` prints the
+    /// owner table as JSON (with --pretty, indented).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        num_args = 0..=1,
+        default_missing_value = "table",
+        conflicts_with_all = ["format", "plugins", "delta_window", "max_bytes"]
+    )]
+    owners: Option<OwnersFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OwnersFormat {
+    Table,
+    Json,
 }
 
 /// Run the component: sample, run plugins and detection, publish.
@@ -214,6 +233,24 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     if args.thing.is_some() {
         config.thing_name = args.thing;
     }
+    if let Some(format) = args.owners {
+        let owners = defender_edge::owners::collect_owners(&config)?;
+        let mut out = std::io::stdout().lock();
+        match format {
+            OwnersFormat::Table => defender_edge::owners::write_table(&owners, &mut out)?,
+            OwnersFormat::Json if args.pretty => serde_json::to_writer_pretty(&mut out, &owners)?,
+            OwnersFormat::Json => serde_json::to_writer(&mut out, &owners)?,
+        }
+        if format == OwnersFormat::Json {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The report does not use attribution, and a one-shot collect has no
+    // earlier scan to build on, so it would pay a full process scan for
+    // nothing.
+    config.collect.attribution = false;
     let report = pipeline::collect_once(&config, args.format, args.delta_window)?;
     let mut out = std::io::stdout().lock();
     if args.pretty && args.format != Format::Cbor {

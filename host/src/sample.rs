@@ -128,3 +128,228 @@ pub struct Alert {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
 }
+
+/// Who holds the sockets behind a sample's port and connection lists: the
+/// process attribution of one sample.
+///
+/// A side table beside the [`Sample`], not a part of it: the collector
+/// returns it in [`crate::collect::Collected::owners`], plugins never see it,
+/// and it never reaches the Device Defender report. Its rows are keyed by the
+/// list entries themselves (a [`ListeningPort`] per transport, an
+/// [`EstablishedConnection`]), so a plugin that filters or reorders the lists
+/// cannot mis-assign an owner: look an entry up after the plugins ran
+/// ([`Owners::tcp_port`], [`Owners::connection`]), and an entry a plugin
+/// added has no row. [`Owners::retain_listed`] drops the rows of entries a
+/// plugin removed, before the table goes anywhere a removed entry must not.
+///
+/// Processes are listed once in [`Owners::processes`] and referred to by pid,
+/// since one process often holds hundreds of connections.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Owners {
+    /// One row per entry of [`Sample::listening_tcp_ports`], in its order.
+    pub listening_tcp_ports: Vec<PortOwners>,
+    /// One row per entry of [`Sample::listening_udp_ports`], in its order.
+    pub listening_udp_ports: Vec<PortOwners>,
+    /// One row per entry of [`Sample::established_connections`], in its order.
+    pub established_connections: Vec<ConnectionOwners>,
+    /// Every process named by a [`SocketOwner::Process`] above, by pid.
+    pub processes: BTreeMap<u32, Process>,
+    /// Processes whose open descriptors could not be read in this sample
+    /// (not privileged enough); a socket only they could hold is
+    /// [`UnattributedReason::NotPermitted`].
+    pub unreadable_processes: u32,
+}
+
+/// The owners of one listening port entry (all its sockets: IPv4 and IPv6
+/// binds, `SO_REUSEPORT` groups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortOwners {
+    pub port: ListeningPort,
+    /// Sorted and each owner once; never empty.
+    pub owners: Vec<SocketOwner>,
+}
+
+/// The owners of one established connection entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionOwners {
+    pub connection: EstablishedConnection,
+    /// Sorted and each owner once; never empty.
+    pub owners: Vec<SocketOwner>,
+}
+
+/// Who holds one socket. A socket inherited across `fork` or passed to
+/// another process is held by each of them, so an entry may have several.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SocketOwner {
+    /// A process with the socket among its open descriptors: its pid, a key
+    /// of [`Owners::processes`].
+    Process(u32),
+    /// No process could be named; never a made-up pid.
+    Unattributed(Unattributed),
+}
+
+/// A socket no process could be named for, and what is known anyway.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unattributed {
+    pub reason: UnattributedReason,
+    /// The user the kernel records as the socket's owner (who created it),
+    /// which anyone may read; `None` when the source does not give it.
+    pub uid: Option<u32>,
+    /// The name of `uid` in the passwd file of the system sampled.
+    pub user: Option<String>,
+}
+
+/// Why a socket has no process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnattributedReason {
+    /// Some processes' descriptors could not be read (the collector lacks
+    /// `CAP_SYS_PTRACE` and `CAP_DAC_READ_SEARCH`, docs/DEPLOY.md); the owner
+    /// is probably one of them.
+    NotPermitted,
+    /// Every process was searched and none holds the socket: its owner
+    /// exited, or passed it on, between the socket table and the search.
+    ProcessGone,
+    /// The kernel holds the socket itself (inode 0: WireGuard, NFS, SMB
+    /// server); no process owns it.
+    Kernel,
+    /// The socket table gave no inode to look for (a captured or hand-made
+    /// table whose lines stop early).
+    NoInode,
+}
+
+impl UnattributedReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnattributedReason::NotPermitted => "not_permitted",
+            UnattributedReason::ProcessGone => "process_gone",
+            UnattributedReason::Kernel => "kernel",
+            UnattributedReason::NoInode => "no_inode",
+        }
+    }
+}
+
+/// A process that holds sockets, as `/proc/<pid>` showed it. Fields the
+/// collector could not read (not privileged enough, the process exited
+/// meanwhile) are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22);
+    /// with the pid it names one process, since pids are reused.
+    pub start_time: u64,
+    /// The process name (`comm`, at most 15 bytes).
+    pub name: String,
+    /// The executable's path (`/proc/<pid>/exe`), which needs ptrace access.
+    pub exe: Option<String>,
+    /// The command line, arguments separated by spaces, at most
+    /// [`Process::COMMAND_LINE_BYTES`] bytes (then ending in `…`).
+    pub command_line: Option<String>,
+    /// The effective user id.
+    pub uid: Option<u32>,
+    /// The name of `uid` in the passwd file of the system sampled.
+    pub user: Option<String>,
+    /// The innermost systemd unit of the process's cgroup
+    /// (`vsftpd.service`, `session-3.scope`).
+    pub unit: Option<String>,
+    /// The Greengrass component the process belongs to: nucleus lite runs
+    /// each in a unit `ggl.<component>.service`; the Java nucleus starts it
+    /// in `<root>/work/<component>`.
+    pub component: Option<String>,
+}
+
+impl Process {
+    /// The bound on [`Process::command_line`].
+    pub const COMMAND_LINE_BYTES: usize = 512;
+
+    /// One line for people: `/usr/sbin/vsftpd (pid 812) as root, unit
+    /// vsftpd.service, component com.example.Ftp`.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "{} (pid {})",
+            self.exe.as_deref().unwrap_or(&self.name),
+            self.pid
+        );
+        match (&self.user, self.uid) {
+            (Some(user), _) => text.push_str(&format!(" as {user}")),
+            (None, Some(uid)) => text.push_str(&format!(" as uid {uid}")),
+            (None, None) => {}
+        }
+        if let Some(unit) = &self.unit {
+            text.push_str(&format!(", unit {unit}"));
+        }
+        if let Some(component) = &self.component {
+            text.push_str(&format!(", component {component}"));
+        }
+        text
+    }
+}
+
+impl Owners {
+    /// The owners of a listening TCP port entry; `None` when the table has
+    /// no row for it (a plugin added the entry).
+    pub fn tcp_port(&self, port: &ListeningPort) -> Option<&[SocketOwner]> {
+        find_port(&self.listening_tcp_ports, port)
+    }
+
+    /// The owners of a listening UDP port entry.
+    pub fn udp_port(&self, port: &ListeningPort) -> Option<&[SocketOwner]> {
+        find_port(&self.listening_udp_ports, port)
+    }
+
+    /// The owners of an established connection entry.
+    pub fn connection(&self, connection: &EstablishedConnection) -> Option<&[SocketOwner]> {
+        self.established_connections
+            .binary_search_by(|row| row.connection.cmp(connection))
+            .ok()
+            .map(|i| self.established_connections[i].owners.as_slice())
+    }
+
+    /// The process behind a [`SocketOwner::Process`].
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// Keeps only the rows of entries `sample` still lists (after plugins
+    /// filtered it), and the processes those rows name.
+    pub fn retain_listed(&mut self, sample: &Sample) {
+        self.listening_tcp_ports
+            .retain(|row| sample.listening_tcp_ports.binary_search(&row.port).is_ok());
+        self.listening_udp_ports
+            .retain(|row| sample.listening_udp_ports.binary_search(&row.port).is_ok());
+        self.established_connections.retain(|row| {
+            sample
+                .established_connections
+                .binary_search(&row.connection)
+                .is_ok()
+        });
+        let named: std::collections::BTreeSet<u32> = self
+            .listening_tcp_ports
+            .iter()
+            .chain(&self.listening_udp_ports)
+            .flat_map(|row| &row.owners)
+            .chain(
+                self.established_connections
+                    .iter()
+                    .flat_map(|row| &row.owners),
+            )
+            .filter_map(|owner| match owner {
+                SocketOwner::Process(pid) => Some(*pid),
+                SocketOwner::Unattributed(_) => None,
+            })
+            .collect();
+        self.processes.retain(|pid, _| named.contains(pid));
+    }
+}
+
+fn find_port<'a>(rows: &'a [PortOwners], port: &ListeningPort) -> Option<&'a [SocketOwner]> {
+    rows.binary_search_by(|row| row.port.cmp(port))
+        .ok()
+        .map(|i| rows[i].owners.as_slice())
+}

@@ -10,19 +10,22 @@
 //!   `defender-last-publish.json`, `detect-state.json`.
 //!
 //! Every write is atomic (temp file, fsync, rename): a crash leaves the old
-//! value or the new one. A JSON file that cannot be parsed is logged and
-//! treated as absent, which at worst costs one network delta. A `report-id`
-//! that cannot be parsed is logged too; ids then restart from the clock,
-//! which keeps them increasing unless the clock stepped back. A report id
-//! that cannot be *written* stops `run` (exit 1): handing out ids that a
-//! restart could repeat would make Device Defender drop reports.
+//! value or the new one. A state file that is corrupt or truncated (power
+//! loss on a card that ignores flushes, a human editing it) never stops
+//! anything: it is logged at warn, counted in `state.corrupt_files`, and
+//! read conservatively: a JSON file as absent (at worst one network delta is
+//! lost), a `report-id` as "ids continue after the time the file was last
+//! written", so ids keep increasing even when the clock stepped back since.
+//! A report id that cannot be *written* stops `run` (exit 1): handing out ids
+//! that a restart could repeat would make Device Defender drop reports.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::status::write_atomically;
+use crate::status::Status;
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,9 @@ pub enum StateError {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// Where corrupt files are counted; a registry of its own until
+    /// [`StateDir::counting_in`] names the component's.
+    status: Status,
 }
 
 impl StateDir {
@@ -60,7 +66,14 @@ impl StateDir {
             })?;
         Ok(StateDir {
             root: root.to_owned(),
+            status: Status::new(),
         })
+    }
+
+    /// Counts corrupt state files in `status` (`state.corrupt_files`).
+    pub fn counting_in(mut self, status: &Status) -> StateDir {
+        self.status = status.clone();
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -77,12 +90,20 @@ impl StateDir {
     /// ever handed out twice, also across crashes.
     pub fn next_report_id(&self, now_ms: u64) -> Result<u64, StateError> {
         let path = self.root.join("report-id");
-        let last = match std::fs::read_to_string(&path) {
-            Ok(text) => match text.trim().parse::<u64>() {
-                Ok(id) => Some(id),
-                Err(_) => {
-                    tracing::warn!(file = %path.display(), "report id file is corrupt; continuing from the clock");
-                    None
+        let last = match std::fs::read(&path) {
+            Ok(bytes) => match std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                Some(id) => Some(id),
+                None => {
+                    note_corrupt(
+                        &self.status,
+                        &path,
+                        "not a number",
+                        "report ids continue after the time the file was last written",
+                    );
+                    Some(modified_ms(&path))
                 }
             },
             Err(_) => None,
@@ -94,17 +115,17 @@ impl StateDir {
     }
 
     /// Reads a JSON state file; a missing file is `None`, a corrupt one is
-    /// logged and `None`.
+    /// logged, counted and `None`.
     pub fn load<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
         let path = self.root.join(name);
-        let bytes = std::fs::read(&path).ok()?;
-        match serde_json::from_slice(&bytes) {
-            Ok(value) => Some(value),
-            Err(error) => {
-                tracing::warn!(file = %path.display(), %error, "state file is corrupt; starting without it");
-                None
-            }
-        }
+        let parsed = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => Err(e.to_string()),
+        };
+        parsed
+            .map_err(|reason| note_corrupt(&self.status, &path, &reason, "starting without it"))
+            .ok()
     }
 
     /// Writes a JSON state file atomically.
@@ -118,6 +139,46 @@ impl StateDir {
     }
 }
 
+/// Logs (warn) and counts (`state.corrupt_files`) a state file that cannot be
+/// used; `consequence` says how the agent goes on without it.
+pub fn note_corrupt(status: &Status, path: &Path, reason: &str, consequence: &str) {
+    status.add("state.corrupt_files", 1);
+    tracing::warn!(
+        file = %path.display(),
+        reason,
+        consequence,
+        "state file is corrupt or truncated; going on without it"
+    );
+}
+
+/// When `path` was last written, ms since the Unix epoch (0 if unknown).
+fn modified_ms(path: &Path) -> u64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Replaces `path` with `bytes` so that readers and a crash see either the old
+/// or the new content, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Persist the rename itself.
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// Milliseconds since the Unix epoch by the wall clock. Report ids and
 /// timestamps must be wall-clock based: a monotonic clock restarts at boot.
 pub fn now_ms() -> u64 {
@@ -125,4 +186,46 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12 item 7: corrupt or truncated state files are read
+    /// conservatively, logged and counted; none stops anything.
+    #[test]
+    fn corrupt_state_files_are_read_conservatively_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Status::new();
+        let state = StateDir::open(dir.path())
+            .expect("open")
+            .counting_in(&status);
+
+        // A JSON state file cut short.
+        std::fs::write(
+            dir.path().join("net-run.json"),
+            br#"{"counters": {"boot_id"#,
+        )
+        .expect("write");
+        assert_eq!(state.load::<serde_json::Value>("net-run.json"), None);
+        assert_eq!(status.number("state.corrupt_files"), 1);
+        assert_eq!(state.load::<serde_json::Value>("absent.json"), None);
+        assert_eq!(
+            status.number("state.corrupt_files"),
+            1,
+            "absent is not corrupt"
+        );
+
+        // A report id that is not a number: ids continue after the time the
+        // file was written, even with a clock that went back since.
+        let path = dir.path().join("report-id");
+        std::fs::write(&path, b"\x00\x00garbage").expect("write");
+        let written = modified_ms(&path);
+        assert!(written > 1_000_000, "the file has a modification time");
+        let id = state.next_report_id(1_000).expect("next id");
+        assert!(id > written, "{id} after {written}");
+        assert_eq!(status.number("state.corrupt_files"), 2);
+        assert_eq!(state.next_report_id(1_000).expect("next id"), id + 1);
+    }
 }

@@ -9,11 +9,12 @@
 //! sample, never per socket.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+use crate::state::write_atomically;
 
 /// A value in the status registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,25 +118,6 @@ pub fn read(dir: &Path) -> Result<Snapshot, String> {
     let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| format!("{} is not a status file: {e}", path.display()))
-}
-
-/// Replaces `path` with `bytes` so that readers and a crash see either the old
-/// or the new content, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    // Persist the rename itself.
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// Renders a snapshot as a table a person reads at a glance: one block per

@@ -5,8 +5,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 
-use defender_edge::collect::{CollectConfig, Collected, Collector, Counters};
-use defender_edge::sample::{EstablishedConnection, ListeningPort, Sample};
+use defender_edge::collect::{
+    CollectConfig, Collected, Collector, Counters, SocketSource, SocketsFrom,
+};
+use defender_edge::sample::{EstablishedConnection, ListeningPort, Owners, Sample};
 
 use crate::support;
 
@@ -284,6 +286,101 @@ fn real_established_connections_have_remote_and_interface() {
     );
 }
 
+/// Netlink and the proc files give the same sample, and the same owners,
+/// for the same real sockets (only ours are compared: other processes open
+/// and close sockets between the two reads).
+#[test]
+fn netlink_and_proc_files_give_the_same_sample() {
+    let s = RealSockets::open();
+    let with = |source| {
+        Collector::new(&CollectConfig {
+            source,
+            ..CollectConfig::default()
+        })
+    };
+    let netlink = sample_real(&with(SocketSource::Netlink), None);
+    let files = sample_real(&with(SocketSource::Proc), None);
+    let auto = sample_real(&with(SocketSource::Auto), None);
+    assert_eq!(netlink.sockets_from, SocketsFrom::Netlink);
+    assert_eq!(files.sockets_from, SocketsFrom::ProcFiles);
+    assert_eq!(
+        auto.sockets_from,
+        SocketsFrom::Netlink,
+        "auto on the live /proc"
+    );
+
+    let tcp_ports = [
+        local_port(s.tcp_lo_dual.0.local_addr(), "tcp lo"),
+        local_port(s.tcp_any4.local_addr(), "tcp 0.0.0.0"),
+        local_port(s.tcp_any6.local_addr(), "tcp [::]"),
+    ];
+    let udp_ports = [
+        local_port(s.udp_lo_dual.0.local_addr(), "udp lo"),
+        local_port(s.udp_any4.local_addr(), "udp 0.0.0.0"),
+        local_port(s.udp_any6.local_addr(), "udp [::]"),
+        local_port(s.udp_connected4.local_addr(), "connected udp v4"),
+        local_port(s.udp_connected6.local_addr(), "connected udp v6"),
+    ];
+    let ends = [
+        &s.conn4.0,
+        &s.conn4.1,
+        &s.conn6.0,
+        &s.conn6.1,
+        &s.conn_mapped.0,
+        &s.conn_mapped.1,
+    ];
+    let ours = |c: &Collected| {
+        let sample = &c.sample;
+        let owners = c.owners.as_ref().expect("owners of the live machine");
+        let tcp: Vec<_> = tcp_ports
+            .iter()
+            .flat_map(|p| entries(&sample.listening_tcp_ports, *p))
+            .map(|e| (owners.tcp_port(&e).map(<[_]>::to_vec), e))
+            .collect();
+        let udp: Vec<_> = udp_ports
+            .iter()
+            .flat_map(|p| entries(&sample.listening_udp_ports, *p))
+            .map(|e| (owners.udp_port(&e).map(<[_]>::to_vec), e))
+            .collect();
+        let ports: std::collections::BTreeSet<u16> = ends
+            .iter()
+            .map(|end| local_port(end.local_addr(), "connection end"))
+            .collect();
+        let established: Vec<_> = ports
+            .iter()
+            .flat_map(|port| connections_with_local_port(sample, *port))
+            .map(|e| (owners.connection(&e).map(<[_]>::to_vec), e))
+            .collect();
+        (tcp, udp, established)
+    };
+    let (tcp, udp, established) = ours(&netlink);
+    assert_eq!(tcp.len(), 3, "{tcp:?}");
+    assert_eq!(
+        udp.len(),
+        3,
+        "connected UDP sockets are not listeners: {udp:?}"
+    );
+    assert_eq!(established.len(), 6, "{established:?}");
+    let me = defender_edge::sample::SocketOwner::Process(std::process::id());
+    for (owners, entry) in tcp
+        .iter()
+        .chain(&udp)
+        .map(|(o, e)| (o, format!("{e:?}")))
+        .chain(established.iter().map(|(o, e)| (o, format!("{e:?}"))))
+    {
+        assert_eq!(owners.as_deref(), Some(&[me.clone()][..]), "{entry}");
+    }
+    assert_eq!(ours(&files), (tcp, udp, established));
+}
+
+/// A captured tree has no `self/ns/net`, so `auto` reads its files.
+#[test]
+fn auto_reads_the_files_of_a_captured_tree() {
+    let c = collect_fixture("captured", None);
+    assert_eq!(c.sockets_from, SocketsFrom::ProcFiles);
+    assert_eq!(c.owners, None, "a tree without processes has no owners");
+}
+
 #[test]
 fn real_loopback_traffic_is_a_delta_only_when_asked_for() {
     let with_lo = real(true);
@@ -356,6 +453,10 @@ struct Snapshot {
     malformed_lines: u64,
     unresolved_addresses: u64,
     network_stats: String,
+    /// Only trees with processes have owners; the others' snapshots predate
+    /// attribution and stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owners: Option<Owners>,
 }
 
 fn fixture_root(name: &str) -> PathBuf {
@@ -368,6 +469,7 @@ fn collect_fixture(name: &str, baseline: Option<&Counters>) -> Collected {
     Collector::new(&CollectConfig {
         proc_root: root,
         include_loopback_traffic: false,
+        ..CollectConfig::default()
     })
     .sample("fixture-thing", 1_767_225_600_000, baseline)
 }
@@ -385,6 +487,7 @@ fn snapshot_of(name: &str, c: &Collected) -> Snapshot {
         malformed_lines: c.malformed_lines,
         unresolved_addresses: c.unresolved_addresses,
         network_stats: c.network_stats.to_string(),
+        owners: c.owners.clone(),
     }
 }
 
@@ -418,7 +521,7 @@ fn check_snapshot(name: &str, c: &Collected) {
     );
 }
 
-fn check_fixture(name: &str) -> Collected {
+pub(crate) fn check_fixture(name: &str) -> Collected {
     let c = collect_fixture(name, None);
     check_snapshot(name, &c);
     c
@@ -446,7 +549,11 @@ fn fixture_ipv6_only() {
 #[test]
 fn fixture_without_ipv6_is_partial_with_named_warnings() {
     let c = check_fixture("no-ipv6");
-    let mut missing: Vec<PathBuf> = c.warnings.iter().map(|w| w.path().to_owned()).collect();
+    let mut missing: Vec<PathBuf> = c
+        .warnings
+        .iter()
+        .map(|w| w.path().expect("a proc file warning").to_owned())
+        .collect();
     missing.sort();
     let net = fixture_root("no-ipv6").join("net");
     assert_eq!(
@@ -489,6 +596,7 @@ fn a_socket_listed_twice_counts_once() {
     let twice = Collector::new(&CollectConfig {
         proc_root: root,
         include_loopback_traffic: false,
+        ..CollectConfig::default()
     })
     .sample("fixture-thing", 1_767_225_600_000, None);
     let once = collect_fixture("captured", None);
@@ -515,7 +623,8 @@ fn fixture_with_malformed_lines_skips_and_counts_them() {
         .iter()
         .map(|w| match w {
             defender_edge::collect::CollectWarning::Malformed { lines, .. } => *lines,
-            defender_edge::collect::CollectWarning::Unreadable { .. } => 0,
+            defender_edge::collect::CollectWarning::Unreadable { .. }
+            | defender_edge::collect::CollectWarning::Netlink { .. } => 0,
         })
         .sum();
     assert_eq!(
@@ -558,6 +667,7 @@ fn a_missing_proc_root_gives_an_empty_sample_and_warnings_not_a_panic() {
     let c = Collector::new(&CollectConfig {
         proc_root: Path::new("/nonexistent/proc").to_owned(),
         include_loopback_traffic: false,
+        ..CollectConfig::default()
     })
     .sample("t", 0, None);
     assert_eq!(c.warnings.len(), 9, "{:?}", c.warnings);

@@ -14,14 +14,14 @@ use defender_edge::publish::defender::{
     SupersededReport,
 };
 use defender_edge::publish::mqtt::{MqttConfig, MqttTransport};
-use defender_edge::publish::outbox::{Outbox, OutboxLimits};
+use defender_edge::publish::outbox::{EntryId, Outbox, OutboxError, OutboxLimits, StorageFault};
 use defender_edge::publish::{Transport, TransportError};
 use defender_edge::report::Format;
 use defender_edge::status::Status;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration};
 use tokio::sync::mpsc;
 
-use crate::support::require_program;
+use crate::support::{SmallFs, require_program};
 
 // ---------------------------------------------------------------- log capture
 
@@ -1072,11 +1072,294 @@ fn kill_9_keeps_every_pushed_entry() {
         );
     }
     for id in &pending {
-        let payload = outbox
-            .read(defender_edge::publish::outbox::EntryId(*id))
-            .expect("reads");
+        let payload = outbox.read(EntryId(*id)).expect("reads");
         assert!(payload.starts_with(b"entry "));
     }
     let next = outbox.push(b"after the crash").expect("push");
     assert!(next.0 > *pending.last().expect("entries"));
+}
+
+// ------------------------------------------------------- disk faults (issue 12)
+
+/// `outbox/` entries as the Device Defender publisher stores them.
+fn defender_entry(thing: &str, id: u64) -> Vec<u8> {
+    let mut entry = id.to_le_bytes().to_vec();
+    entry.extend_from_slice(&report(thing, id));
+    entry
+}
+
+fn small_limits() -> OutboxLimits {
+    OutboxLimits {
+        max_bytes: 128 * 1024,
+        segment_bytes: 16 * 1024,
+    }
+}
+
+/// A full disk: a push first gives up the oldest segment to make room; when
+/// nothing is left to give up it fails with a typed `DiskFull`, while reading
+/// and acknowledging go on; the outbox reopens on the full disk and writes
+/// again once there is room.
+#[test]
+fn full_disk_evicts_the_oldest_segment_then_fails_typed_and_recovers() {
+    let fs = SmallFs::tmpfs(256 * 1024);
+    let dir = fs.path().join("outbox");
+    let status = Status::new();
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone()).expect("open");
+    // 2016-byte records: 8 per 16 KiB segment, so 3 segments (8, 8, 4).
+    let ids: Vec<EntryId> = (0..20u8)
+        .map(|i| outbox.push(&[i; 2000]).expect("push"))
+        .collect();
+    let filler = fs.fill("filler");
+
+    let id = outbox
+        .push(&[100; 2000])
+        .expect("room is made by evicting a segment");
+    assert_eq!(
+        status.number("outbox.evicted"),
+        8,
+        "the oldest segment's entries"
+    );
+    assert_eq!(outbox.pending()[..12], ids[8..]);
+    assert_eq!(outbox.newest(), Some(id));
+    assert_eq!(outbox.storage_fault(), None);
+
+    // A full disk where the outbox has nothing older to give up: its
+    // entries all sit in the active segment, and a record needs new pages.
+    drop(outbox);
+    std::fs::remove_dir_all(&dir).expect("start afresh");
+    std::fs::remove_file(&filler).expect("free the disk");
+    let status = Status::new();
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone()).expect("open");
+    for i in 0..2u8 {
+        outbox.push(&[i; 100]).expect("push");
+    }
+    let filler = fs.fill("filler");
+    let error = outbox
+        .push(&[101; 8000])
+        .expect_err("nothing left to give up");
+    assert!(
+        matches!(error, OutboxError::DiskFull { .. }),
+        "a typed disk-full error: {error}"
+    );
+    assert_eq!(error.storage_fault(), Some(StorageFault::DiskFull));
+    assert_eq!(outbox.storage_fault(), Some(StorageFault::DiskFull));
+    assert_eq!(
+        status.get("outbox.storage"),
+        Some(defender_edge::status::Value::Text("disk full".to_owned()))
+    );
+    assert!(status.number("outbox.write_failures") >= 1);
+    let held = outbox.pending();
+    assert!(!held.is_empty());
+    for id in &held {
+        outbox.read(*id).expect("entries read on a full disk");
+    }
+    outbox
+        .acknowledge(held[0])
+        .expect("acknowledging works on a full disk");
+    assert!(matches!(
+        outbox.recover_storage(),
+        Err(OutboxError::DiskFull { .. })
+    ));
+    drop(outbox);
+
+    // A restart on the full disk: the outbox opens and holds the same entries.
+    let status = Status::new();
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone())
+        .expect("the outbox opens on a full disk");
+    let after_restart = outbox.pending();
+    assert!(
+        after_restart.ends_with(&held[1..]),
+        "{after_restart:?} vs {held:?}"
+    );
+
+    std::fs::remove_file(filler).expect("the disk frees up");
+    outbox.recover_storage().expect("writable again");
+    let last = outbox.push(b"after the disk recovered").expect("push");
+    drop(outbox);
+    let outbox = Outbox::open(&dir, small_limits(), "outbox", Status::new()).expect("reopen");
+    assert_eq!(outbox.newest(), Some(last));
+    for id in outbox.pending() {
+        outbox.read(id).expect("every entry reads after recovery");
+    }
+    assert!(outbox.disk_bytes() <= small_limits().max_bytes);
+}
+
+/// The kernel remounts the card read-only under a running outbox: pushes
+/// fail typed, reading and acknowledging go on, a restart opens the outbox
+/// read-only (no writable lock file needed) with a torn tail it cannot cut
+/// yet, and once the card is writable the postponed work is done.
+#[test]
+fn read_only_file_system_keeps_the_outbox_serving_and_it_recovers() {
+    let fs = SmallFs::tmpfs(1024 * 1024);
+    let dir = fs.path().join("outbox");
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", Status::new()).expect("open");
+    let ids: Vec<EntryId> = (1..=3u8)
+        .map(|i| outbox.push(&[i; 100]).expect("push"))
+        .collect();
+    // A torn write the outbox does not know about yet.
+    let segment = std::fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .and_then(|mut f| f.write_all(b"torn..."))
+        .expect("tear");
+
+    // Succeeds only because the outbox holds no file open for writing.
+    fs.remount_read_only();
+    let error = outbox.push(b"refused").expect_err("read-only");
+    assert!(matches!(error, OutboxError::ReadOnly { .. }), "{error}");
+    assert_eq!(outbox.storage_fault(), Some(StorageFault::ReadOnly));
+    assert_eq!(outbox.read(ids[0]).expect("reads"), vec![1u8; 100]);
+    outbox.acknowledge(ids[0]).expect("acknowledged in memory");
+    assert_eq!(outbox.pending(), ids[1..]);
+    drop(outbox);
+
+    let status = Status::new();
+    let mut outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone())
+        .expect("the outbox opens on a read-only file system");
+    // The ack was never written: the entry is sent again (at least once).
+    assert_eq!(outbox.pending(), ids);
+    assert_eq!(status.number("outbox.recovered_torn"), 1);
+    assert_eq!(outbox.storage_fault(), Some(StorageFault::ReadOnly));
+    outbox.acknowledge(ids[0]).expect("acknowledged in memory");
+    assert_eq!(status.number("outbox.acks_unwritten"), 1);
+    assert!(matches!(
+        outbox.recover_storage(),
+        Err(OutboxError::ReadOnly { .. })
+    ));
+
+    fs.remount_writable();
+    outbox.recover_storage().expect("writable again");
+    assert_eq!(status.number("outbox.acks_unwritten"), 0);
+    assert_eq!(outbox.storage_fault(), None);
+    let new = outbox.push(b"after").expect("push");
+    drop(outbox);
+    let status = Status::new();
+    let outbox = Outbox::open(&dir, small_limits(), "outbox", status.clone()).expect("reopen");
+    assert_eq!(outbox.pending(), vec![ids[1], ids[2], new]);
+    assert_eq!(
+        status.number("outbox.recovered_torn"),
+        0,
+        "the torn tail was cut when the card came back"
+    );
+}
+
+/// Device Defender on a read-only state directory publishes what the outbox
+/// holds (the floor file cannot be written: the floor holds in memory), a
+/// submit fails with a storage fault the caller can act on, and once the
+/// card is writable `recover_storage` lets submits through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_state_still_publishes_what_the_outbox_holds() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-read-only";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let fs = SmallFs::tmpfs(1024 * 1024);
+    {
+        let mut outbox = Outbox::open(
+            &fs.path().join("outbox"),
+            OutboxLimits::default(),
+            "outbox",
+            Status::new(),
+        )
+        .expect("open");
+        for id in 1..=2 {
+            outbox.push(&defender_entry(thing, id)).expect("push");
+        }
+    }
+    fs.remount_read_only();
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: fs.path(),
+        min_interval_seconds: 0,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    let (_, payload, _) = observer.expect_next("the held report").await;
+    assert_eq!(report_id_of(&payload), 2, "the newest report goes");
+    assert_eq!(device.superseded(), vec![1]);
+    device.wait_counter("defender.floor_unsaved", 1).await;
+
+    let error = device
+        .handle
+        .submit(3, report(thing, 3))
+        .await
+        .expect_err("nothing can be stored");
+    assert_eq!(
+        error.storage_fault(),
+        Some(StorageFault::ReadOnly),
+        "{error}"
+    );
+    assert!(device.handle.recover_storage().await.is_err());
+
+    fs.remount_writable();
+    device
+        .handle
+        .recover_storage()
+        .await
+        .expect("writable again");
+    device
+        .handle
+        .submit(3, report(thing, 3))
+        .await
+        .expect("stored again");
+    let (_, payload, _) = observer.expect_next("the report after recovery").await;
+    assert_eq!(report_id_of(&payload), 3);
+    device.stop().await;
+}
+
+/// A corrupt or truncated `defender-last-publish.json` does not stop the
+/// publisher: it is read as "a report was just published", so the floor
+/// holds from start-up, and it is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_publish_floor_reads_as_just_published() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let thing = "dd-corrupt-floor";
+    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        state.path().join("defender-last-publish.json"),
+        format!("{{\"{thing}\": 17"),
+    )
+    .expect("a truncated state file");
+    let started = Instant::now();
+    let device = Device::start(DeviceSetup {
+        thing,
+        mqtt: pki.mqtt(broker.port, "device", "ca"),
+        state_dir: state.path(),
+        min_interval_seconds: 3,
+        reply_timeout_seconds: 60,
+    })
+    .await;
+    assert_eq!(device.status.number("state.corrupt_files"), 1);
+    assert!(!log_lines(&["WARN", "defender-last-publish.json", "corrupt"]).is_empty());
+    device
+        .handle
+        .submit(1, report(thing, 1))
+        .await
+        .expect("submit");
+    assert_eq!(
+        device.handle.flush(Duration::from_millis(200)).await,
+        FlushOutcome::QueuedInOutbox,
+        "the floor counts from start-up"
+    );
+    let (_, payload, at) = observer.expect_next("the report after the floor").await;
+    assert_eq!(report_id_of(&payload), 1);
+    assert!(
+        at - started >= Duration::from_millis(2900),
+        "{:?}",
+        at - started
+    );
+    let saved: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.path().join("defender-last-publish.json")).expect("read"),
+    )
+    .expect("the corrupt file was replaced");
+    assert!(saved[thing].as_u64().is_some());
+    device.stop().await;
 }

@@ -1,5 +1,6 @@
 //! Integration tests: real sockets, real /proc, real peers started by the tests.
 
+mod attribution;
 mod cli;
 mod collect;
 mod delivery;
@@ -13,5 +14,6 @@ mod plugins_precompiled;
 mod plugins_python;
 mod report;
 mod run;
+mod splunk;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;

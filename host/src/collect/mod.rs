@@ -1,9 +1,19 @@
-//! `/proc` → [`crate::sample::Sample`]. Reads proc files, nothing else.
+//! `/proc` → [`crate::sample::Sample`], and who owns its sockets
+//! ([`crate::sample::Owners`]). Reads proc files and the kernel's socket
+//! diagnostics, nothing else.
 //!
 //! One [`Collector::sample`] reads, in this order: the interface map
-//! (`net/if_inet6`, `net/route`, `net/fib_trie`), the socket tables
-//! (`net/tcp`, `net/tcp6`, `net/udp`, `net/udp6`) and the counters
-//! (`net/dev`, `net/igmp`, `sys/kernel/random/boot_id`).
+//! (`net/if_inet6`, `net/route`, `net/fib_trie`), the socket tables, the
+//! counters (`net/dev`, `net/igmp`, `sys/kernel/random/boot_id`), and, with
+//! attribution on, the processes holding the listed sockets
+//! (`<pid>/fd`, `stat`, `status`, `cmdline`, `cgroup`, `exe`, `cwd`).
+//!
+//! The socket tables come over netlink `sock_diag` when the proc root is the
+//! live one (it shows our own network namespace), and from `net/tcp`,
+//! `tcp6`, `udp` and `udp6` otherwise (a captured tree, `collect.source:
+//! proc`) or once netlink has refused a dump. Both give the same sample: the
+//! kernel filters a netlink dump by state and sends binary records, where the
+//! files print every socket as text (see `netlink.rs`).
 //!
 //! Why the parsing is hand-written rather than `procfs`'s: procfs parses a
 //! whole file into a `Vec` and fails the whole file on the first bad line, so
@@ -31,7 +41,10 @@
 
 mod counters;
 mod interfaces;
-mod parse;
+mod netlink;
+mod owners;
+pub(crate) mod parse;
+mod processes;
 mod read;
 
 use std::net::{IpAddr, SocketAddr};
@@ -40,11 +53,18 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sample::{EstablishedConnection, ListeningPort, Sample};
+use crate::sample::{EstablishedConnection, ListeningPort, Owners, Sample};
 
 pub use counters::{Counters, DeltaOutcome, InterfaceCounters};
 use interfaces::{InterfaceMap, Resolved};
+use netlink::{SockDiag, Table};
+use owners::{Attributor, Listed, SocketId};
+pub use processes::ScanCounts;
 use read::LineReader;
+
+/// The Greengrass root when the nucleus does not say otherwise (the Java
+/// nucleus installer's default).
+const DEFAULT_GREENGRASS_ROOT: &str = "/greengrass/v2";
 
 /// The `collect` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +75,11 @@ pub struct CollectConfig {
     /// Count loopback (`lo`) traffic in network_stats.
     #[serde(deserialize_with = "crate::config::lenient::bool")]
     pub include_loopback_traffic: bool,
+    /// Name the process behind every listed socket ([`Collected::owners`]).
+    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    pub attribution: bool,
+    /// Where the socket tables are read from.
+    pub source: SocketSource,
 }
 
 impl Default for CollectConfig {
@@ -62,8 +87,32 @@ impl Default for CollectConfig {
         CollectConfig {
             proc_root: "/proc".into(),
             include_loopback_traffic: false,
+            attribution: true,
+            source: SocketSource::Auto,
         }
     }
+}
+
+/// The `collect.source` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketSource {
+    /// Netlink when the proc root shows this process's own network
+    /// namespace (the live `/proc`), the proc files otherwise.
+    #[default]
+    Auto,
+    /// Netlink whatever the proc root; the interface map and the counters
+    /// still come from the proc root.
+    Netlink,
+    /// The `net/tcp`, `tcp6`, `udp` and `udp6` files of the proc root.
+    Proc,
+}
+
+/// Where one sample's socket tables came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketsFrom {
+    Netlink,
+    ProcFiles,
 }
 
 /// Something that made a sample partial; the message names the file.
@@ -79,15 +128,27 @@ pub enum CollectWarning {
     /// Lines of the file did not parse and were skipped.
     #[error("skipped {lines} malformed lines in {path}")]
     Malformed { path: PathBuf, lines: u64 },
+    /// Netlink `sock_diag` could not be opened or refused a dump (a kernel
+    /// without `inet_diag`, a seccomp filter); this sample and every later
+    /// one read the proc files instead. Given once per collector.
+    #[error(
+        "netlink sock_diag unavailable ({what}: {source}); reading the socket tables from {root}/net from now on"
+    )]
+    Netlink {
+        what: String,
+        root: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl CollectWarning {
-    /// The proc file the warning is about.
-    pub fn path(&self) -> &Path {
+    /// The proc file the warning is about; `None` for netlink.
+    pub fn path(&self) -> Option<&Path> {
         match self {
             CollectWarning::Unreadable { path, .. } | CollectWarning::Malformed { path, .. } => {
-                path
+                Some(path)
             }
+            CollectWarning::Netlink { .. } => None,
         }
     }
 }
@@ -108,6 +169,15 @@ pub struct Collected {
     pub unresolved_addresses: u64,
     /// Why `sample.network_stats` is or is not there.
     pub network_stats: DeltaOutcome,
+    /// Where the socket tables came from.
+    pub sockets_from: SocketsFrom,
+    /// Who holds each listed socket: a side table keyed by the sample's
+    /// entries, never part of the report. `None` when `collect.attribution`
+    /// is off or the proc root shows no processes (a captured tree of `net/`
+    /// files only).
+    pub owners: Option<Owners>,
+    /// What attribution cost in this sample (zero when off).
+    pub attribution: ScanCounts,
 }
 
 /// Proc file paths, joined once.
@@ -125,15 +195,37 @@ struct Paths {
     boot_id: PathBuf,
 }
 
-/// Reads samples from a proc tree. Cheap to keep for the life of the process;
-/// `sample` may be called from any thread (calls are serialized).
+/// Reads samples from a proc tree. Keep it for the life of the process:
+/// it holds the netlink socket and what attribution learnt, so that later
+/// samples only look at what changed. `sample` may be called from any thread
+/// (calls are serialized).
 #[derive(Debug)]
 pub struct Collector {
     include_loopback_traffic: bool,
+    root: PathBuf,
     paths: Paths,
+    state: Mutex<State>,
+}
+
+/// What a collector keeps between samples.
+#[derive(Debug)]
+struct State {
     /// The read buffer, reused across samples so the hot path does not
     /// allocate it again.
-    reader: Mutex<LineReader>,
+    reader: LineReader,
+    netlink: Netlink,
+    /// `Some` when attribution is on.
+    attributor: Option<Attributor>,
+}
+
+#[derive(Debug)]
+enum Netlink {
+    /// Not used: `collect.source` is `proc`, or `auto` with a proc root that
+    /// is not the live one, or netlink failed and that was reported.
+    Off,
+    Ready(SockDiag),
+    /// Opening the socket failed; reported by the next sample.
+    Failed(std::io::Error),
 }
 
 /// Accumulates what goes wrong while reading the files of one sample.
@@ -202,10 +294,10 @@ enum Protocol {
 /// What the socket tables yielded, before interface names are attached.
 #[derive(Default)]
 struct Sockets {
-    tcp_listening: Vec<(u16, Resolved)>,
-    udp_listening: Vec<(u16, Resolved)>,
-    /// (remote, local port, local interface, local address).
-    established: Vec<(SocketAddr, u16, Resolved, IpAddr)>,
+    tcp_listening: Vec<(u16, Resolved, SocketId)>,
+    udp_listening: Vec<(u16, Resolved, SocketId)>,
+    /// (remote, local port, local interface, local address, socket).
+    established: Vec<(SocketAddr, u16, Resolved, IpAddr, SocketId)>,
     unresolved: u64,
 }
 
@@ -227,6 +319,10 @@ impl Sockets {
         if resolved == Resolved::Unknown {
             self.unresolved += 1;
         }
+        let id = SocketId {
+            inode: line.inode,
+            uid: line.uid,
+        };
         if established {
             let remote = match line.remote {
                 IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
@@ -237,11 +333,12 @@ impl Sockets {
                 line.local_port,
                 resolved,
                 line.local,
+                id,
             ));
         } else if protocol == Protocol::Tcp {
-            self.tcp_listening.push((line.local_port, resolved));
+            self.tcp_listening.push((line.local_port, resolved, id));
         } else {
-            self.udp_listening.push((line.local_port, resolved));
+            self.udp_listening.push((line.local_port, resolved, id));
         }
     }
 }
@@ -253,21 +350,41 @@ fn interface_name(map: &InterfaceMap, resolved: Resolved) -> Option<String> {
     }
 }
 
-fn listening_ports(map: &InterfaceMap, mut raw: Vec<(u16, Resolved)>) -> Vec<ListeningPort> {
-    // Deduplicate on the compact form first (v4 + v6 binds, SO_REUSEPORT
-    // groups), so names are copied once per distinct pair.
-    raw.sort_unstable_by_key(|(port, r)| (*port, resolved_key(*r)));
-    raw.dedup_by_key(|(port, r)| (*port, resolved_key(*r)));
-    let mut ports: Vec<ListeningPort> = raw
-        .into_iter()
-        .map(|(port, r)| ListeningPort {
-            port,
-            interface: interface_name(map, r),
-        })
-        .collect();
-    // Unknown and wildcard both become `None`; sort and dedup on the final form.
-    ports.sort_unstable();
-    ports.dedup();
+/// The listening ports, sorted and each (port, interface) pair once, with
+/// the sockets behind each entry.
+fn listening_ports(
+    map: &InterfaceMap,
+    mut raw: Vec<(u16, Resolved, SocketId)>,
+) -> Vec<(ListeningPort, Vec<SocketId>)> {
+    // Group on the compact form first (v4 + v6 binds, SO_REUSEPORT groups),
+    // so names are copied once per distinct pair.
+    raw.sort_unstable_by_key(|(port, r, id)| (*port, resolved_key(*r), *id));
+    let mut ports: Vec<(ListeningPort, Vec<SocketId>)> = Vec::new();
+    let mut last = None;
+    for (port, r, id) in raw {
+        let key = (port, resolved_key(r));
+        match ports.last_mut() {
+            Some((_, ids)) if last == Some(key) => ids.push(id),
+            _ => {
+                let entry = ListeningPort {
+                    port,
+                    interface: interface_name(map, r),
+                };
+                ports.push((entry, vec![id]));
+            }
+        }
+        last = Some(key);
+    }
+    // Unknown and wildcard both become `None`; sort and merge on the final
+    // form.
+    ports.sort_by(|a, b| a.0.cmp(&b.0));
+    ports.dedup_by(|later, earlier| {
+        if later.0 != earlier.0 {
+            return false;
+        }
+        earlier.1.append(&mut later.1);
+        true
+    });
     ports
 }
 
@@ -278,13 +395,60 @@ fn resolved_key(r: Resolved) -> u32 {
     }
 }
 
+/// Whether `root` is a proc file system showing this process's own network
+/// namespace, so that netlink (which answers for our namespace) sees the
+/// same sockets as `<root>/net`. A captured tree has no `self/ns/net`.
+fn shows_our_network(root: &Path) -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/net"),
+        std::fs::read_link(root.join("self/ns/net")),
+    ) {
+        (Ok(ours), Ok(theirs)) => ours == theirs,
+        _ => false,
+    }
+}
+
+/// Where a Greengrass Java nucleus may keep its components' work folders:
+/// the directory of the IPC socket it names to its components
+/// (`<root>/ipc.socket`) when we run as one, and the installer's default.
+fn greengrass_roots() -> Vec<PathBuf> {
+    let mut roots = vec![PathBuf::from(DEFAULT_GREENGRASS_ROOT)];
+    if let Some(socket) = std::env::var_os("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+        && let Some(root) = Path::new(&socket).parent()
+        && !roots.iter().any(|r| r == root)
+    {
+        roots.push(root.to_owned());
+    }
+    roots
+}
+
 impl Collector {
     /// A collector reading the proc tree at `config.proc_root`.
     pub fn new(config: &CollectConfig) -> Collector {
         let root = &config.proc_root;
         let net = root.join("net");
+        let netlink = match config.source {
+            SocketSource::Proc => Netlink::Off,
+            SocketSource::Auto if !shows_our_network(root) => Netlink::Off,
+            SocketSource::Auto | SocketSource::Netlink => match SockDiag::open() {
+                Ok(diag) => Netlink::Ready(diag),
+                Err(error) => Netlink::Failed(error),
+            },
+        };
+        let attributor = config.attribution.then(|| {
+            // The passwd file of the system the proc root belongs to:
+            // `/proc/../etc/passwd` is `/etc/passwd`, and a captured tree
+            // `<dir>/proc` may carry `<dir>/etc/passwd`.
+            let passwd = root.join("../etc/passwd");
+            Attributor::new(processes::ProcessTable::new(
+                root,
+                passwd,
+                &greengrass_roots(),
+            ))
+        });
         Collector {
             include_loopback_traffic: config.include_loopback_traffic,
+            root: root.clone(),
             paths: Paths {
                 if_inet6: net.join("if_inet6"),
                 route: net.join("route"),
@@ -297,7 +461,11 @@ impl Collector {
                 igmp: net.join("igmp"),
                 boot_id: root.join("sys/kernel/random/boot_id"),
             },
-            reader: Mutex::new(LineReader::default()),
+            state: Mutex::new(State {
+                reader: LineReader::default(),
+                netlink,
+                attributor,
+            }),
         }
     }
 
@@ -306,13 +474,18 @@ impl Collector {
     /// `network_stats`. Never fails: what cannot be read is left out and
     /// named in [`Collected::warnings`].
     pub fn sample(&self, thing: &str, now_ms: u64, baseline: Option<&Counters>) -> Collected {
-        // A panic elsewhere while holding the lock cannot leave the buffer in
-        // a state that matters: it is overwritten before every use.
-        let mut reader = self
-            .reader
+        // A panic elsewhere while holding the lock cannot leave the state in
+        // a state that matters: the buffer is overwritten before every use,
+        // and the process table is checked against /proc every sample.
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let reader = &mut *reader;
+        let State {
+            reader,
+            netlink,
+            attributor,
+        } = &mut *state;
         let p = &self.paths;
         let mut problems = Problems::default();
 
@@ -334,23 +507,20 @@ impl Collector {
                 .is_some()
         });
 
-        let mut sockets = Sockets::default();
-        for (path, protocol) in [
-            (&p.tcp, Protocol::Tcp),
-            (&p.tcp6, Protocol::Tcp),
-            (&p.udp, Protocol::Udp),
-            (&p.udp6, Protocol::Udp),
-        ] {
-            problems.read(reader, path, 1, |line| {
-                match parse::parse_socket_line(line) {
-                    Some(l) => {
-                        sockets.add(protocol, &l, &mut map);
-                        true
-                    }
-                    None => false,
-                }
-            });
-        }
+        let (sockets, sockets_from) = match self.read_netlink(netlink, &mut map) {
+            Ok(Some(sockets)) => (sockets, SocketsFrom::Netlink),
+            Ok(None) => (
+                self.read_socket_files(reader, &mut problems, &mut map),
+                SocketsFrom::ProcFiles,
+            ),
+            Err(warning) => {
+                problems.warnings.push(warning);
+                (
+                    self.read_socket_files(reader, &mut problems, &mut map),
+                    SocketsFrom::ProcFiles,
+                )
+            }
+        };
 
         let counters = self.read_counters(reader, &mut problems, &mut map);
         let network_stats = counters::delta(baseline, &counters, self.include_loopback_traffic);
@@ -362,30 +532,50 @@ impl Collector {
             }
         };
 
-        let mut established: Vec<(EstablishedConnection, IpAddr)> = sockets
+        let mut established: Vec<(EstablishedConnection, IpAddr, SocketId)> = sockets
             .established
             .into_iter()
-            .map(|(remote_addr, local_port, r, local)| {
+            .map(|(remote_addr, local_port, r, local, id)| {
                 let connection = EstablishedConnection {
                     remote_addr,
                     local_port,
                     local_interface: interface_name(&map, r),
                 };
-                (connection, local)
+                (connection, local, id)
             })
             .collect();
         // One sort gives the report's order and puts a row the table
         // listed twice next to itself.
         established.sort_unstable();
         established.dedup();
-        let established = established.into_iter().map(|(c, _)| c).collect();
+        let tcp = listening_ports(&map, sockets.tcp_listening);
+        let udp = listening_ports(&map, sockets.udp_listening);
+
+        let (owners, attribution) = match attributor {
+            Some(attributor) => {
+                let mut rows: Vec<(EstablishedConnection, Vec<SocketId>)> = Vec::new();
+                for (connection, _, id) in &established {
+                    match rows.last_mut() {
+                        Some((last, ids)) if last == connection => ids.push(*id),
+                        _ => rows.push((connection.clone(), vec![*id])),
+                    }
+                }
+                let owners = attributor.attribute(&Listed {
+                    tcp: &tcp,
+                    udp: &udp,
+                    established: &rows,
+                });
+                (owners, attributor.counts())
+            }
+            None => (None, ScanCounts::default()),
+        };
 
         let sample = Sample {
             thing: thing.to_owned(),
             timestamp_ms: now_ms,
-            listening_tcp_ports: listening_ports(&map, sockets.tcp_listening),
-            listening_udp_ports: listening_ports(&map, sockets.udp_listening),
-            established_connections: established,
+            listening_tcp_ports: tcp.into_iter().map(|(port, _)| port).collect(),
+            listening_udp_ports: udp.into_iter().map(|(port, _)| port).collect(),
+            established_connections: established.into_iter().map(|(c, _, _)| c).collect(),
             network_stats: network_stats.ok(),
             ..Sample::default()
         };
@@ -396,7 +586,74 @@ impl Collector {
             malformed_lines: problems.malformed_lines,
             unresolved_addresses: sockets.unresolved,
             network_stats: outcome,
+            sockets_from,
+            owners,
+            attribution,
         }
+    }
+
+    /// The four socket tables over netlink: `Ok(None)` when netlink is not
+    /// used, `Err` (once) when it failed, after which it is not used again.
+    fn read_netlink(
+        &self,
+        netlink: &mut Netlink,
+        map: &mut InterfaceMap,
+    ) -> Result<Option<Sockets>, CollectWarning> {
+        let failed = |what: String, source| CollectWarning::Netlink {
+            what,
+            root: self.root.clone(),
+            source,
+        };
+        let diag = match netlink {
+            Netlink::Off => return Ok(None),
+            Netlink::Ready(diag) => diag,
+            Netlink::Failed(_) => {
+                let Netlink::Failed(source) = std::mem::replace(netlink, Netlink::Off) else {
+                    unreachable!("matched above");
+                };
+                return Err(failed("opening the socket".to_owned(), source));
+            }
+        };
+        let mut sockets = Sockets::default();
+        for (table, protocol) in [
+            (Table::Tcp, Protocol::Tcp),
+            (Table::Tcp6, Protocol::Tcp),
+            (Table::Udp, Protocol::Udp),
+            (Table::Udp6, Protocol::Udp),
+        ] {
+            if let Err(source) = diag.dump(table, |line| sockets.add(protocol, line, map)) {
+                *netlink = Netlink::Off;
+                return Err(failed(format!("the {} dump", table.name()), source));
+            }
+        }
+        Ok(Some(sockets))
+    }
+
+    fn read_socket_files(
+        &self,
+        reader: &mut LineReader,
+        problems: &mut Problems,
+        map: &mut InterfaceMap,
+    ) -> Sockets {
+        let p = &self.paths;
+        let mut sockets = Sockets::default();
+        for (path, protocol) in [
+            (&p.tcp, Protocol::Tcp),
+            (&p.tcp6, Protocol::Tcp),
+            (&p.udp, Protocol::Udp),
+            (&p.udp6, Protocol::Udp),
+        ] {
+            problems.read(reader, path, 1, |line| {
+                match parse::parse_socket_line(line) {
+                    Some(l) => {
+                        sockets.add(protocol, &l, map);
+                        true
+                    }
+                    None => false,
+                }
+            });
+        }
+        sockets
     }
 
     fn read_counters(

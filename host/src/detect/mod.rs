@@ -18,7 +18,7 @@ mod alarm;
 mod criteria;
 mod event;
 mod metric;
-mod profile;
+pub(crate) mod profile;
 mod statistics;
 
 use std::cell::OnceCell;
@@ -452,7 +452,7 @@ impl Detector {
                 source,
             })?;
         }
-        crate::status::write_atomically(&self.state_path, &bytes).map_err(|source| {
+        crate::state::write_atomically(&self.state_path, &bytes).map_err(|source| {
             DetectError::Save {
                 path: self.state_path.clone(),
                 source,
@@ -471,14 +471,24 @@ impl Detector {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(error) => {
-                tracing::warn!(file = %self.state_path.display(), %error, "cannot read detection state; starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };
         let saved: SavedState = match serde_json::from_slice(&bytes) {
             Ok(saved) => saved,
             Err(error) => {
-                tracing::warn!(file = %self.state_path.display(), %error, "detection state is corrupt; starting without a baseline");
+                crate::state::note_corrupt(
+                    &self.status,
+                    &self.state_path,
+                    &error.to_string(),
+                    "starting without a baseline",
+                );
                 return;
             }
         };

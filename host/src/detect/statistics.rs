@@ -94,7 +94,7 @@ impl History {
 
     /// Restores saved values if they were taken over the same period.
     pub(crate) fn restore(&mut self, saved: &SavedHistory) -> bool {
-        if saved.period_seconds * 1000 != self.period_ms {
+        if saved.period_seconds.checked_mul(1000) != Some(self.period_ms) {
             return false;
         }
         let skip = saved.values.len().saturating_sub(self.capacity);
@@ -203,6 +203,25 @@ pub(crate) fn percentile_of_sorted(sorted: &[f64], quantile: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12 item 7: a restored period so large that it overflows in
+    /// milliseconds is not this history's period; it must not panic.
+    #[test]
+    fn restore_refuses_a_period_that_overflows() {
+        let mut history = History::new(10, 300_000);
+        let absurd = SavedHistory {
+            period_seconds: u64::MAX / 10,
+            values: vec![1.0, 2.0],
+        };
+        assert!(!history.restore(&absurd));
+        assert_eq!(history.len(), 0);
+        let fine = SavedHistory {
+            period_seconds: 300,
+            values: vec![1.0, 2.0],
+        };
+        assert!(history.restore(&fine));
+        assert_eq!(history.len(), 2);
+    }
 
     #[test]
     fn percentiles_interpolate_between_ranks() {

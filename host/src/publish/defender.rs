@@ -22,10 +22,21 @@
 //! failed attempt wait for the floor too: by then a newer report usually
 //! supersedes the failed one, which is what Device Defender wants anyway.
 //!
+//! The attempt time lives in `defender-last-publish.json`. A file that is
+//! corrupt or truncated is read as "a report was just published" (the floor
+//! counts from start-up), logged and counted in `state.corrupt_files`; a
+//! file that cannot be written (disk full, read-only) does not stop
+//! publishing: the floor holds in memory, `defender.floor_unsaved` counts
+//! the attempts whose time was not saved, and only a restart in that state
+//! could publish early.
+//!
 //! # Outbox entries
 //!
 //! Each entry is the report id (`u64`, little endian) followed by the encoded
-//! report, so replies can be matched after a restart without decoding it.
+//! report, so replies can be matched after a restart without decoding it. An
+//! entry that cannot be read back (media corruption) is skipped: counted in
+//! `defender.entries_unreadable`, logged with its entry id, removed, and the
+//! next newest report is published in its place.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +128,18 @@ pub enum DefenderError {
     State { path: PathBuf, reason: String },
     #[error("the Device Defender publisher has stopped")]
     Stopped,
+}
+
+impl DefenderError {
+    /// The storage condition behind a failed [`DefenderHandle::submit`], if
+    /// that is what it was: the report was not stored, hold it and submit it
+    /// again once [`DefenderHandle::recover_storage`] succeeds.
+    pub fn storage_fault(&self) -> Option<super::outbox::StorageFault> {
+        match self {
+            DefenderError::Outbox(error) => error.storage_fault(),
+            _ => None,
+        }
+    }
 }
 
 /// How [`DefenderHandle::flush`] ended.
@@ -221,6 +244,9 @@ enum Command {
         until: Instant,
         done: oneshot::Sender<FlushOutcome>,
     },
+    RecoverStorage {
+        done: oneshot::Sender<Result<(), DefenderError>>,
+    },
     Shutdown {
         done: oneshot::Sender<()>,
     },
@@ -239,7 +265,18 @@ impl DefenderPublisher {
     ) -> Result<(DefenderHandle, JoinHandle<()>), DefenderError> {
         let topics = Topics::new(&options.thing_name, options.format)?;
         let state = LastPublish::new(&options.state_dir, &options.thing_name);
-        let last_publish_ms = state.load()?;
+        let last_publish_ms = match state.load() {
+            Ok(last) => last,
+            Err(reason) => {
+                crate::state::note_corrupt(
+                    &status,
+                    &state.path,
+                    &reason,
+                    "the publish floor counts from now, as if a report was just published",
+                );
+                Some(now_ms())
+            }
+        };
         let min_interval = Duration::from_secs(options.config.min_interval_seconds);
         if options.config.min_interval_seconds < MIN_INTERVAL_SECONDS {
             warn!(
@@ -271,6 +308,7 @@ impl DefenderPublisher {
             flushes: Vec::new(),
             backoff_until: None,
             failures: 0,
+            floor_unsaved: false,
         };
         let task = tokio::spawn(async move {
             driver.run(receiver, events).await;
@@ -291,6 +329,19 @@ impl DefenderHandle {
                 payload,
                 done,
             })
+            .await
+            .map_err(|_| DefenderError::Stopped)?;
+        wait.await.map_err(|_| DefenderError::Stopped)?
+    }
+
+    /// Is the outbox writable again? After a submit failed with a storage
+    /// fault ([`DefenderError::storage_fault`]): finishes what the fault
+    /// postponed and checks the file system; `Ok` means submit what was held.
+    /// See [`Outbox::recover_storage`].
+    pub async fn recover_storage(&self) -> Result<(), DefenderError> {
+        let (done, wait) = oneshot::channel();
+        self.commands
+            .send(Command::RecoverStorage { done })
             .await
             .map_err(|_| DefenderError::Stopped)?;
         wait.await.map_err(|_| DefenderError::Stopped)?
@@ -390,6 +441,8 @@ struct Driver<T: Transport> {
     backoff_until: Option<Instant>,
     /// Failed attempts in a row, for the backoff.
     failures: u32,
+    /// The last attempt time could not be saved; logged once per change.
+    floor_unsaved: bool,
 }
 
 struct InFlight {
@@ -420,6 +473,10 @@ impl<T: Transport + 'static> Driver<T> {
                     }
                     Some(Command::Flush { until, done }) => {
                         self.flushes.push((until, done));
+                    }
+                    Some(Command::RecoverStorage { done }) => {
+                        let result = self.with_outbox(Outbox::recover_storage).await;
+                        let _ = done.send(result.map_err(DefenderError::from));
                     }
                     Some(Command::Shutdown { done }) => {
                         self.stop().await;
@@ -575,12 +632,22 @@ impl<T: Transport + 'static> Driver<T> {
         };
 
         // Persist the attempt first: a crash after the send must not let the
-        // next run publish early.
+        // next run publish early. A file system that refuses the write must
+        // not stop publishing either: the floor then holds in memory.
         let attempt_ms = now_ms();
-        if let Err(error) = self.state.store(attempt_ms) {
-            warn!(%error, "cannot persist the Device Defender publish time; not publishing");
-            self.backoff_until = Some(now + Duration::from_secs(5));
-            return;
+        match self.state.store(attempt_ms) {
+            Ok(()) if self.floor_unsaved => {
+                self.floor_unsaved = false;
+                info!(file = %self.state.path.display(), "Device Defender publish time is saved again");
+            }
+            Ok(()) => {}
+            Err(error) => {
+                self.status.add("defender.floor_unsaved", 1);
+                if !self.floor_unsaved {
+                    self.floor_unsaved = true;
+                    warn!(%error, "cannot save the Device Defender publish time; publishing anyway, the floor holds in memory until the file can be written");
+                }
+            }
         }
         self.next_allowed = now + self.min_interval;
         let transport = self.transport.clone();
@@ -717,18 +784,36 @@ async fn sleep_until(wake: Option<Instant>) {
     }
 }
 
-/// Supersedes all but the newest waiting report and returns the newest.
+/// Supersedes all but the newest readable waiting report and returns the
+/// newest. Entries that cannot be read are skipped (counted, logged, removed)
+/// so that one damaged entry never blocks the reports after it.
 fn pick_newest(
     outbox: &mut Outbox,
     hook: Option<&SupersededHook>,
     status: &Status,
 ) -> Result<Option<(EntryId, u64, Vec<u8>)>, OutboxError> {
     let pending = outbox.pending();
-    let Some((&newest, older)) = pending.split_last() else {
+    let mut newest = None;
+    for &entry in pending.iter().rev() {
+        match outbox.read(entry) {
+            Ok(bytes) => {
+                newest = Some((entry, bytes));
+                break;
+            }
+            Err(error) => skip_unreadable(outbox, entry, &error, status)?,
+        }
+    }
+    let Some((newest, bytes)) = newest else {
         return Ok(None);
     };
-    for &entry in older {
-        let (report_id, payload) = split_entry(outbox.read(entry)?);
+    for &entry in pending.iter().take_while(|e| **e < newest) {
+        let (report_id, payload) = match outbox.read(entry) {
+            Ok(bytes) => split_entry(bytes),
+            Err(error) => {
+                skip_unreadable(outbox, entry, &error, status)?;
+                continue;
+            }
+        };
         status.add("defender.superseded", 1);
         warn!(
             report_id,
@@ -739,8 +824,21 @@ fn pick_newest(
         }
         outbox.remove(entry)?;
     }
-    let (report_id, payload) = split_entry(outbox.read(newest)?);
+    let (report_id, payload) = split_entry(bytes);
     Ok(Some((newest, report_id, payload)))
+}
+
+/// Drops an entry that cannot be read back: retrying cannot help, and
+/// leaving it would stop every report behind it.
+fn skip_unreadable(
+    outbox: &mut Outbox,
+    entry: EntryId,
+    error: &OutboxError,
+    status: &Status,
+) -> Result<(), OutboxError> {
+    status.add("defender.entries_unreadable", 1);
+    warn!(entry = %entry, %error, "Device Defender outbox entry unreadable: skipped and removed");
+    outbox.remove(entry)
 }
 
 fn split_entry(mut entry: Vec<u8>) -> (u64, Vec<u8>) {
@@ -792,26 +890,24 @@ impl LastPublish {
         }
     }
 
-    fn read_all(&self) -> Result<BTreeMap<String, u64>, DefenderError> {
+    /// Every thing's last publish time; `Err` names what is wrong with a
+    /// file that exists but cannot be used.
+    fn read_all(&self) -> Result<BTreeMap<String, u64>, String> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| DefenderError::State {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-            Err(e) => Err(DefenderError::State {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            }),
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    fn load(&self) -> Result<Option<u64>, DefenderError> {
+    fn load(&self) -> Result<Option<u64>, String> {
         Ok(self.read_all()?.get(&self.thing).copied())
     }
 
+    /// Saves this thing's attempt time. A corrupt file is replaced (its
+    /// other things' times were unreadable anyway).
     fn store(&self, ms: u64) -> Result<(), DefenderError> {
-        let mut all = self.read_all()?;
+        let mut all = self.read_all().unwrap_or_default();
         all.insert(self.thing.clone(), ms);
         let state = |reason: String| DefenderError::State {
             path: self.path.clone(),
@@ -821,7 +917,7 @@ impl LastPublish {
             std::fs::create_dir_all(dir).map_err(|e| state(e.to_string()))?;
         }
         let json = serde_json::to_vec(&all).map_err(|e| state(e.to_string()))?;
-        crate::status::write_atomically(&self.path, &json).map_err(|e| state(e.to_string()))
+        crate::state::write_atomically(&self.path, &json).map_err(|e| state(e.to_string()))
     }
 }
 
@@ -901,6 +997,51 @@ mod tests {
             five,
             "clock went back"
         );
+    }
+
+    /// Issue 12 item 2: an entry that cannot be read back is skipped,
+    /// counted and removed, and the next newest report is published; an
+    /// unreadable older one does not stop superseding either.
+    #[test]
+    fn unreadable_entries_are_skipped_and_the_next_report_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Status::new();
+        let mut outbox = Outbox::open(
+            dir.path(),
+            crate::publish::outbox::OutboxLimits::default(),
+            "outbox",
+            status.clone(),
+        )
+        .expect("open");
+        let entries: Vec<EntryId> = (1..=4u64)
+            .map(|id| {
+                let mut entry = id.to_le_bytes().to_vec();
+                entry.extend_from_slice(format!("report {id}").as_bytes());
+                outbox.push(&entry).expect("push")
+            })
+            .collect();
+        // Media corruption after the outbox was opened: the payloads of
+        // reports 4 (the newest) and 2 change on disk. Each record is a
+        // 16-byte header, 8 bytes of report id and 8 of text.
+        let segment = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .expect("segment");
+        let mut bytes = std::fs::read(&segment).expect("read");
+        for index in [3usize, 1] {
+            bytes[index * 32 + 30] ^= 0xff;
+        }
+        std::fs::write(&segment, &bytes).expect("write");
+
+        let picked = pick_newest(&mut outbox, None, &status).expect("no error");
+        let (entry, report_id, payload) = picked.expect("a report to publish");
+        assert_eq!(entry, entries[2]);
+        assert_eq!(report_id, 3, "the next newest report goes");
+        assert_eq!(payload, b"report 3");
+        assert_eq!(status.number("defender.entries_unreadable"), 2);
+        assert_eq!(status.number("defender.superseded"), 1, "report 1");
+        assert_eq!(outbox.pending(), vec![entries[2]]);
     }
 
     #[test]

@@ -468,7 +468,8 @@ impl Reader {
     }
 }
 
-fn decode_iot_core_message(payload: &[u8]) -> Result<Message, String> {
+/// Decodes the body of a SubscribeToIoTCore message event.
+pub fn decode_iot_core_message(payload: &[u8]) -> Result<Message, String> {
     let body: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let message = body.get("message").ok_or("no `message` member")?;
@@ -488,7 +489,8 @@ fn decode_iot_core_message(payload: &[u8]) -> Result<Message, String> {
     })
 }
 
-fn decode_configuration_update(payload: &[u8]) -> Result<Vec<String>, String> {
+/// Decodes the body of a configuration update event: the key path that changed.
+pub fn decode_configuration_update(payload: &[u8]) -> Result<Vec<String>, String> {
     let body: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("not JSON: {e}"))?;
     let path = body

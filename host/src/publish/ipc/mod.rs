@@ -43,7 +43,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use client::{IpcClient, IpcEndpoint};
-pub use rpc::{max_publish_payload, publish_frame_len};
+pub use connection::{decode_configuration_update, decode_iot_core_message};
+pub use rpc::{error_of, max_publish_payload, publish_frame_len};
 
 use crate::status::Status;
 
