@@ -840,8 +840,8 @@ fn refuse_netlink(command: &mut Command) {
         jf,
         k,
     };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let program: &'static mut [libc::sock_filter] = Box::leak(Box::new([
         stmt(load, 0),
         jump(libc::SYS_socket as u32, 0, 3),
