@@ -148,27 +148,34 @@ fn warm_cache(wasm: &Path) {
     );
 }
 
+/// Builds a Python plugin and warms the shared cache with it, holding a lock
+/// on the work folder: under cargo-nextest every test is a process of its
+/// own, and two of them must not install componentize-py into the same venv,
+/// write the same `.wasm`, or both spend minutes compiling the same component.
+fn built_and_warm(name: &str, app_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(work_dir()).unwrap();
+    let lock = std::fs::File::create(work_dir().join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let wasm = build_python(name, app_dir);
+    warm_cache(&wasm);
+    wasm
+}
+
 /// The Python port-allowlist example, built once per test process.
 pub fn port_allowlist_py() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
     WASM.get_or_init(|| {
-        let wasm = build_python(
+        built_and_warm(
             "port-allowlist-py",
             &support::repo().join("plugins/examples/port-allowlist-py"),
-        );
-        warm_cache(&wasm);
-        wasm
+        )
     })
 }
 
 /// The Python fault fixture (misbehaviour chosen by its `mode` config).
 fn faults_py() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let wasm = build_python("faults-py", &support::fixture("plugins/python/faults"));
-        warm_cache(&wasm);
-        wasm
-    })
+    WASM.get_or_init(|| built_and_warm("faults-py", &support::fixture("plugins/python/faults")))
 }
 
 /// One plugin, under the name `p`, in a folder of its own.
