@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::detect::AlarmEvent;
 use crate::greengrass::Nucleus;
-use crate::greengrass::ipc::IpcClient;
+use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
 use crate::output::NdjsonOutput;
 use crate::pipeline::{Outcome, Passed, Pipeline, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
@@ -363,7 +363,7 @@ impl Session {
         &mut self,
         clock: &mut ReportClock,
         stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
-        mut updates: Option<&mut mpsc::Receiver<Vec<String>>>,
+        mut updates: Option<&mut ConfigurationUpdates>,
         nucleus: Option<&Nucleus>,
         options: &RunOptions,
         current: &Config,
@@ -378,12 +378,12 @@ impl Session {
                     return Ok(Ended::Stopped);
                 }
                 changed = next_update(&mut updates) => {
-                    let Some(path) = changed else {
+                    let Some(paths) = changed else {
                         warn!("the nucleus ended the configuration subscription; updates are no longer followed");
                         updates = None;
                         continue;
                     };
-                    if let Some(new) = read_update(nucleus, &path, options, current, &self.status).await {
+                    if let Some(new) = read_update(nucleus, &paths, options, current, &self.status).await {
                         return Ok(Ended::Reconfigure(Box::new(new)));
                     }
                     continue;
@@ -537,9 +537,7 @@ impl AlarmTopics {
     }
 }
 
-async fn next_update(
-    updates: &mut Option<&mut mpsc::Receiver<Vec<String>>>,
-) -> Option<Vec<String>> {
+async fn next_update(updates: &mut Option<&mut ConfigurationUpdates>) -> Option<Vec<Vec<String>>> {
     match updates {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
@@ -550,16 +548,17 @@ async fn next_update(
 /// (logged and counted) or unchanged.
 async fn read_update(
     nucleus: Option<&Nucleus>,
-    path: &[String],
+    paths: &[Vec<String>],
     options: &RunOptions,
     current: &Config,
     status: &Status,
 ) -> Option<Config> {
     let nucleus = nucleus?;
     // Greengrass sends one event per changed key; a deployment that changes
-    // several sends several. Let them settle, then read the whole document.
+    // several sends several (coalesced by the client). Let them settle, then
+    // read the whole document.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    info!(key_path = ?path, "configuration update announced");
+    info!(key_paths = ?paths, "configuration update announced");
     let mut config = match nucleus.configuration().await {
         Ok(config) => config,
         Err(error) => {

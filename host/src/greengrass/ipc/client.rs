@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::connection::{Connection, Sink, Subscription};
 use super::frame::Frame;
 use super::rpc::{self, Operation, kind};
+use super::updates::ConfigurationUpdates;
 use super::{ComponentState, IpcError, IpcOptions, Qos, SOCKET_ENV, SVCUID_ENV};
 use crate::backoff::{Backoff, jitter};
 use crate::publish::{Message, Transport, TransportError};
@@ -259,14 +260,14 @@ impl IpcClient {
         }
     }
 
-    /// Watches the component's configuration under `key_path`; each event is
-    /// the key path that changed (read the value with
-    /// [`IpcClient::get_configuration`]).
+    /// Watches the component's configuration under `key_path`; each
+    /// receive gives the key paths changed since the last one, coalesced
+    /// (read the values with [`IpcClient::get_configuration`]).
     pub async fn subscribe_to_configuration_update(
         &self,
         key_path: &[&str],
-    ) -> Result<mpsc::Receiver<Vec<String>>, IpcError> {
-        let (tx, rx) = mpsc::channel(self.handle.shared.options.subscription_capacity.max(1));
+    ) -> Result<ConfigurationUpdates, IpcError> {
+        let (tx, rx) = super::updates::channel();
         let body = serde_json::json!({ "keyPath": key_path });
         self.subscribe(
             rpc::SUBSCRIBE_TO_CONFIGURATION_UPDATE,
