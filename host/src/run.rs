@@ -34,7 +34,7 @@ use crate::detect::AlarmEvent;
 use crate::greengrass::Nucleus;
 use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
 use crate::output::NdjsonOutput;
-use crate::pipeline::{Outcome, Passed, Pipeline, Window};
+use crate::pipeline::{Outcome, Passed, Pipeline, Throttle, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
 use crate::publish::firehose::SiemSink;
 use crate::publish::mqtt::MqttTransport;
@@ -235,6 +235,8 @@ struct Session {
     tick_every: Duration,
     /// Whether the last `--once` report went to the publisher.
     submitted: bool,
+    /// `status.json` at most every `stateWriteSeconds` (SD wear).
+    status_writes: Throttle,
 }
 
 impl Session {
@@ -354,6 +356,7 @@ impl Session {
             report_every,
             tick_every,
             submitted: false,
+            status_writes: Throttle::new(config.state_write_seconds),
         })
     }
 
@@ -392,12 +395,24 @@ impl Session {
             let reported = self
                 .tick(clock.take(Instant::now(), self.report_every))
                 .await?;
-            if let Err(error) = self.status.write(self.state.path(), now_ms()) {
-                warn!(%error, "cannot write the status file");
-            }
+            self.write_status_when_due();
             if options.once && reported {
                 return Ok(Ended::Once);
             }
+        }
+    }
+
+    /// Rewrites `status.json` when `stateWriteSeconds` passed since the last
+    /// time (and always at shutdown): `status` may show a state up to that
+    /// old, and says when it was written (`updated_ms`).
+    fn write_status_when_due(&mut self) {
+        let now = now_ms();
+        if !self.status_writes.due(now) {
+            return;
+        }
+        match self.status.write(self.state.path(), now) {
+            Ok(_) => self.status_writes.done(now),
+            Err(error) => warn!(%error, "cannot write the status file"),
         }
     }
 
