@@ -1045,24 +1045,40 @@ impl TokenExchange {
     }
 }
 
+/// In a child: the sink started from the process environment (as the
+/// component does on Greengrass: region and endpoint from AWS_* variables),
+/// with three samples of `thing` submitted, ids from `first_id`.
+async fn start_from_environment(
+    state: &str,
+    thing: &str,
+    first_id: u64,
+) -> (
+    defender_edge::publish::firehose::FirehoseHandle,
+    tokio::task::JoinHandle<()>,
+    Status,
+) {
+    let config = FirehoseConfig {
+        region: None,
+        ..config("siem")
+    };
+    let status = Status::new();
+    let (handle, task) = FirehoseSink::start(&config, Path::new(state), status.clone())
+        .await
+        .expect("starts with AWS_REGION and AWS_ENDPOINT_URL_FIREHOSE");
+    for n in 0..3 {
+        handle
+            .submit(&sample(thing, n), first_id + n)
+            .await
+            .expect("submit");
+    }
+    (handle, task, status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_credentials_from_the_token_exchange_service_are_used() {
     if let Ok(state) = std::env::var(CHILD) {
         // Child: exactly what the component does on Greengrass.
-        let config = FirehoseConfig {
-            region: None,
-            ..config("siem")
-        };
-        let status = Status::new();
-        let (handle, task) = FirehoseSink::start(&config, Path::new(&state), status.clone())
-            .await
-            .expect("starts with TES credentials, AWS_REGION and AWS_ENDPOINT_URL_FIREHOSE");
-        for n in 0..3 {
-            handle
-                .submit(&sample("edge-tes", n), 4000 + n)
-                .await
-                .expect("submit");
-        }
+        let (handle, task, status) = start_from_environment(&state, "edge-tes", 4000).await;
         handle.shutdown().await;
         task.await.expect("worker ends");
         assert_eq!(status.number("firehose.outbox.depth"), 0);
@@ -1160,30 +1176,33 @@ async fn missing_region_is_an_error_and_missing_credentials_are_waited_for() {
 }
 
 /// Credentials that appear late (the Greengrass Token Exchange Service
-/// starts after the component): events are stored from the start, and
-/// delivered signed with TES's key once it answers.
+/// starts after the component, here once the sink said it waits for
+/// credentials): events are stored from the start, and delivered signed
+/// with TES's key once it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_that_appear_late_are_waited_for() {
     if let Ok(state) = std::env::var(CHILD) {
-        let config = FirehoseConfig {
-            region: None,
-            ..config("siem")
-        };
-        let status = Status::new();
-        let (handle, task) = FirehoseSink::start(&config, Path::new(&state), status.clone())
-            .await
-            .expect("starts before TES answers");
-        for n in 0..3 {
-            handle
-                .submit(&sample("edge-tes-late", n), 6000 + n)
-                .await
-                .expect("stored while waiting for credentials");
-        }
+        let (handle, task, status) = start_from_environment(&state, "edge-tes-late", 6000).await;
+        eventually(Duration::from_secs(10), "the waiting state", || {
+            state_of(&status).starts_with("waiting: no AWS credentials")
+        })
+        .await;
+        // Only now does the Token Exchange Service start, on the port the
+        // environment names.
+        let uri = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI").expect("TES URI");
+        let port = uri
+            .trim_start_matches("http://localhost:")
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("TES port");
+        let tes = TokenExchange::start_on(port);
         eventually(Duration::from_secs(30), "delivery", || {
             status.number("firehose.outbox.depth") == 0 && state_of(&status) == "running"
         })
         .await;
         assert!(status.number("firehose.start_check_failures") >= 1);
+        assert!(*tes.served.lock().expect("count") >= 1);
         handle.shutdown().await;
         task.await.expect("worker ends");
         return;
@@ -1191,7 +1210,7 @@ async fn credentials_that_appear_late_are_waited_for() {
     let moto = Moto::start();
     moto.create_stream("siem", "siem-backup");
     let proxy = Proxy::start(moto.port).await;
-    // TES's port, free until TES starts 2 s after the child.
+    // TES's port: free until the child, waiting for credentials, starts TES.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -1211,10 +1230,7 @@ async fn credentials_that_appear_late_are_waited_for() {
             ],
         );
     });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let tes = TokenExchange::start_on(port);
     child.await.expect("child test");
-    assert!(*tes.served.lock().expect("count") >= 1);
     assert_eq!(
         proxy.lock().log.access_keys,
         BTreeSet::from([TES_KEY_ID.to_owned()])
