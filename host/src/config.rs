@@ -27,6 +27,11 @@ pub struct Config {
     pub thing_name: Option<String>,
     /// Where state that must survive restarts is kept.
     pub state_dir: PathBuf,
+    /// `run` rewrites `status.json` and `net-run.json` at most this often
+    /// (and at every report and at shutdown): each rewrite costs fsyncs,
+    /// which wear an SD card.
+    #[serde(deserialize_with = "crate::lenient::u64")]
+    pub state_write_seconds: u64,
     /// Log filter (`info`, `debug`, `defender_edge=trace`...); `RUST_LOG` wins.
     pub log_level: String,
     pub collect: CollectConfig,
@@ -42,6 +47,7 @@ impl Default for Config {
         Config {
             thing_name: None,
             state_dir: PathBuf::from("defender-edge-state"),
+            state_write_seconds: 60,
             log_level: "info".to_owned(),
             collect: CollectConfig::default(),
             report: ReportConfig::default(),
@@ -127,6 +133,9 @@ impl Config {
             .check(self.publish.device_defender.min_interval_seconds)?;
         self.detection.check()?;
         self.publish.check()?;
+        if self.state_write_seconds == 0 {
+            return Err("key `stateWriteSeconds`: must be at least 1".to_owned());
+        }
         if let Some(name) = &self.thing_name {
             crate::report::validate::thing_name(name)
                 .map_err(|reason| format!("key `thingName`: {reason}"))?;

@@ -9,6 +9,7 @@
 //! [`greengrass`] is the component's line to its nucleus. See
 //! ARCHITECTURE.md for the invariants each module keeps.
 
+pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod detect;

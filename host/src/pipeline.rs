@@ -60,6 +60,11 @@ pub struct Pipeline {
     network: NetworkWindow,
     format: Format,
     report_budget: usize,
+    /// `net-run.json` is written at most this often, unless a report
+    /// closed the window ([`Pipeline::persist`]).
+    network_saves: Throttle,
+    /// A report closed the network window since the last save.
+    window_closed: bool,
 }
 
 /// What one [`Pipeline::step`] made of a sample.
@@ -134,6 +139,8 @@ impl Pipeline {
             network,
             format: config.report.format,
             report_budget: config.report.max_bytes,
+            network_saves: Throttle::new(config.state_write_seconds),
+            window_closed: false,
         })
     }
 
@@ -248,6 +255,7 @@ impl Pipeline {
             // A report that was not built leaves the window open, so its
             // traffic goes to the next one rather than vanishing.
             self.network.close();
+            self.window_closed = true;
             self.status.add("report.built", 1);
             let trimmed = prepared.trimmed.total();
             if trimmed > 0 {
@@ -265,11 +273,21 @@ impl Pipeline {
         })
     }
 
-    /// Writes what must outlive the process: the network window (after
-    /// every sample, so that a restart keeps the traffic owed) and, when
+    /// Writes what must outlive the process: the network window and, when
     /// `stateSaveSeconds` passed, the detection statistics. Failures are
     /// logged; they cost a delta or a baseline after a restart, never a
     /// sample.
+    ///
+    /// The window (`net-run.json`: the last counters and the traffic summed
+    /// since the last report) is written when a report closed it, and else
+    /// at most every `stateWriteSeconds` (SD wear: it was every sample).
+    /// The traffic owed stays exact across `kill -9`: the file always holds
+    /// counters and a sum taken together, so after a restart the first
+    /// delta (today's counters minus the saved ones) covers exactly what the
+    /// sum lacks, however old the file; and because every report rewrites
+    /// it, a restart never counts traffic a report already carried. Only a
+    /// counter reset (reboot) between the save and the restart loses the
+    /// window, as it always did (the report then omits network_stats).
     pub fn persist(&mut self, now_ms: u64) {
         match self.window {
             Window::SincePreviousCollect => {
@@ -285,19 +303,31 @@ impl Pipeline {
                 if let Err(error) = self.detector.save(now_ms, false) {
                     tracing::warn!(%error, "cannot save the detection statistics");
                 }
-                if let Err(error) = self.state.save(RUN_NETWORK_STATE, &self.network) {
-                    tracing::warn!(%error, "cannot persist network counters");
+                if self.window_closed || self.network_saves.due(now_ms) {
+                    self.save_network(now_ms);
                 }
             }
         }
     }
 
-    /// Saves the detection statistics whatever their age, at shutdown.
+    /// Saves the detection statistics and the network window whatever
+    /// their age, at shutdown.
     pub fn finish(&mut self, now_ms: u64) {
-        if self.window == Window::SinceLastReport
-            && let Err(error) = self.detector.save(now_ms, true)
-        {
-            tracing::warn!(%error, "cannot save the detection statistics");
+        if self.window == Window::SinceLastReport {
+            if let Err(error) = self.detector.save(now_ms, true) {
+                tracing::warn!(%error, "cannot save the detection statistics");
+            }
+            self.save_network(now_ms);
+        }
+    }
+
+    fn save_network(&mut self, now_ms: u64) {
+        match self.state.save(RUN_NETWORK_STATE, &self.network) {
+            Ok(()) => {
+                self.window_closed = false;
+                self.network_saves.done(now_ms);
+            }
+            Err(error) => tracing::warn!(%error, "cannot persist network counters"),
         }
     }
 
@@ -409,6 +439,34 @@ fn log_collect_problems(collected: &Collected, status: &Status) {
             "collect.unresolved_addresses",
             collected.unresolved_addresses,
         );
+    }
+}
+
+/// At most one write per period: due when nothing was written yet, or the
+/// period passed since the last write (a clock stepped back counts as due).
+#[derive(Debug, Clone, Copy)]
+pub struct Throttle {
+    every_ms: u64,
+    last_ms: Option<u64>,
+}
+
+impl Throttle {
+    pub fn new(every_seconds: u64) -> Throttle {
+        Throttle {
+            every_ms: every_seconds.saturating_mul(1000),
+            last_ms: None,
+        }
+    }
+
+    pub fn due(&self, now_ms: u64) -> bool {
+        match self.last_ms {
+            None => true,
+            Some(last) => now_ms < last || now_ms - last >= self.every_ms,
+        }
+    }
+
+    pub fn done(&mut self, now_ms: u64) {
+        self.last_ms = Some(now_ms);
     }
 }
 
@@ -632,6 +690,62 @@ mod tests {
         assert_eq!(restarted.network.traffic(), Some(captured_delta()));
         let (sample, _, _) = passed(restarted.step(T0 + 2_000, true).expect("step"));
         assert_eq!(sample.network_stats, Some(captured_delta()));
+    }
+
+    /// `net-run.json` is written when a report closes the window and else
+    /// at most once per `stateWriteSeconds` (SD wear), and a `kill -9`
+    /// between two writes still leaves the traffic owed exact.
+    #[test]
+    fn the_window_is_written_at_reports_and_once_a_minute_and_stays_exact_after_a_kill() {
+        let device = Device::new();
+        let file = device.dir.path().join("state").join(RUN_NETWORK_STATE);
+        // Every write is a rename of a new file: the inode tells writes apart.
+        let written = || {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&file).expect("net-run.json").ino()
+        };
+        let mut pipeline = device.pipeline(Window::SinceLastReport);
+        pipeline.step(T0, true).expect("step");
+        pipeline.persist(T0);
+        let at_report = written();
+
+        device.show("captured-later");
+        pipeline.step(T0 + 1_000, false).expect("step");
+        pipeline.persist(T0 + 1_000);
+        assert_eq!(written(), at_report, "not due: nothing written");
+
+        // kill -9 now: the file is a second old and lacks the last delta.
+        drop(pipeline);
+        let mut restarted = device.pipeline(Window::SinceLastReport);
+        let (sample, _, _) = passed(restarted.step(T0 + 2_000, true).expect("step"));
+        assert_eq!(
+            sample.network_stats,
+            Some(captured_delta()),
+            "the first delta after the restart covers what the file lacked"
+        );
+        restarted.persist(T0 + 2_000);
+        let after_report = written();
+        assert_ne!(
+            after_report, at_report,
+            "a report closes the window: written"
+        );
+
+        restarted.step(T0 + 3_000, false).expect("step");
+        restarted.persist(T0 + 3_000);
+        assert_eq!(
+            written(),
+            after_report,
+            "within the minute: nothing written"
+        );
+        restarted.step(T0 + 62_000, false).expect("step");
+        restarted.persist(T0 + 62_000);
+        let a_minute_later = written();
+        assert_ne!(a_minute_later, after_report, "a minute later: written");
+        restarted.step(T0 + 63_000, false).expect("step");
+        restarted.persist(T0 + 63_000);
+        assert_eq!(written(), a_minute_later);
+        restarted.finish(T0 + 63_000);
+        assert_ne!(written(), a_minute_later, "shutdown writes it");
     }
 
     /// `collect` twice gives the reports of the golden files (which hold

@@ -32,9 +32,9 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::detect::AlarmEvent;
 use crate::greengrass::Nucleus;
-use crate::greengrass::ipc::IpcClient;
+use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
 use crate::output::NdjsonOutput;
-use crate::pipeline::{Outcome, Passed, Pipeline, Window};
+use crate::pipeline::{Outcome, Passed, Pipeline, Throttle, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
 use crate::publish::firehose::SiemSink;
 use crate::publish::mqtt::MqttTransport;
@@ -235,6 +235,8 @@ struct Session {
     tick_every: Duration,
     /// Whether the last `--once` report went to the publisher.
     submitted: bool,
+    /// `status.json` at most every `stateWriteSeconds` (SD wear).
+    status_writes: Throttle,
 }
 
 impl Session {
@@ -354,6 +356,7 @@ impl Session {
             report_every,
             tick_every,
             submitted: false,
+            status_writes: Throttle::new(config.state_write_seconds),
         })
     }
 
@@ -363,7 +366,7 @@ impl Session {
         &mut self,
         clock: &mut ReportClock,
         stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
-        mut updates: Option<&mut mpsc::Receiver<Vec<String>>>,
+        mut updates: Option<&mut ConfigurationUpdates>,
         nucleus: Option<&Nucleus>,
         options: &RunOptions,
         current: &Config,
@@ -378,12 +381,12 @@ impl Session {
                     return Ok(Ended::Stopped);
                 }
                 changed = next_update(&mut updates) => {
-                    let Some(path) = changed else {
+                    let Some(paths) = changed else {
                         warn!("the nucleus ended the configuration subscription; updates are no longer followed");
                         updates = None;
                         continue;
                     };
-                    if let Some(new) = read_update(nucleus, &path, options, current, &self.status).await {
+                    if let Some(new) = read_update(nucleus, &paths, options, current, &self.status).await {
                         return Ok(Ended::Reconfigure(Box::new(new)));
                     }
                     continue;
@@ -392,12 +395,24 @@ impl Session {
             let reported = self
                 .tick(clock.take(Instant::now(), self.report_every))
                 .await?;
-            if let Err(error) = self.status.write(self.state.path(), now_ms()) {
-                warn!(%error, "cannot write the status file");
-            }
+            self.write_status_when_due();
             if options.once && reported {
                 return Ok(Ended::Once);
             }
+        }
+    }
+
+    /// Rewrites `status.json` when `stateWriteSeconds` passed since the last
+    /// time (and always at shutdown): `status` may show a state up to that
+    /// old, and says when it was written (`updated_ms`).
+    fn write_status_when_due(&mut self) {
+        let now = now_ms();
+        if !self.status_writes.due(now) {
+            return;
+        }
+        match self.status.write(self.state.path(), now) {
+            Ok(_) => self.status_writes.done(now),
+            Err(error) => warn!(%error, "cannot write the status file"),
         }
     }
 
@@ -537,9 +552,7 @@ impl AlarmTopics {
     }
 }
 
-async fn next_update(
-    updates: &mut Option<&mut mpsc::Receiver<Vec<String>>>,
-) -> Option<Vec<String>> {
+async fn next_update(updates: &mut Option<&mut ConfigurationUpdates>) -> Option<Vec<Vec<String>>> {
     match updates {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
@@ -550,16 +563,17 @@ async fn next_update(
 /// (logged and counted) or unchanged.
 async fn read_update(
     nucleus: Option<&Nucleus>,
-    path: &[String],
+    paths: &[Vec<String>],
     options: &RunOptions,
     current: &Config,
     status: &Status,
 ) -> Option<Config> {
     let nucleus = nucleus?;
     // Greengrass sends one event per changed key; a deployment that changes
-    // several sends several. Let them settle, then read the whole document.
+    // several sends several (coalesced by the client). Let them settle, then
+    // read the whole document.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    info!(key_path = ?path, "configuration update announced");
+    info!(key_paths = ?paths, "configuration update announced");
     let mut config = match nucleus.configuration().await {
         Ok(config) => config,
         Err(error) => {

@@ -812,6 +812,53 @@ async fn fresh_session_resubscribes_to_replies() {
     device.stop().await;
 }
 
+/// Two devices with one client id (a cloned SD image): the broker accepts
+/// each and drops the other at once. The reconnect delay keeps growing
+/// instead of starting over at every CONNACK, so the pair does not storm
+/// the broker with a CONNECT per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_sharing_a_client_id_back_off_instead_of_storming() {
+    let rig = Rig::start("dd-twins", 1100, false).await;
+    let config = rig.pki.mqtt(rig.broker.port, "device", "ca");
+    let peer = format!("MQTT broker localhost:{}", rig.broker.port);
+    let twins: Vec<(MqttTransport, Status)> = (0..2)
+        .map(|_| {
+            let status = Status::new();
+            let transport =
+                MqttTransport::start(&config, "dd-twins", status.clone()).expect("mqtt starts");
+            (transport, status)
+        })
+        .collect();
+    let retries = || -> Vec<u64> {
+        log_lines(&[&peer, "MQTT connection failed"])
+            .iter()
+            .filter_map(|l| l.split_once("retry_in_ms=").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|ms| ms.parse().ok())
+            .collect()
+    };
+    // Each kicked twin waits 1, 2, 4 s (±25 %): a 3 s wait comes within
+    // ~8 s. Starting over at every CONNACK never waits more than 1.25 s.
+    let until = Instant::now() + Duration::from_secs(15);
+    while !retries().iter().any(|&ms| ms >= 2_500) {
+        assert!(
+            Instant::now() < until,
+            "the delay never grew past 1.25 s: {:?}",
+            retries()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connects: u64 = twins.iter().map(|(_, s)| s.number("mqtt.connects")).sum();
+    assert!(
+        (2..=8).contains(&connects),
+        "{connects} connects, retries {:?}",
+        retries()
+    );
+    for (transport, _) in &twins {
+        transport.shutdown().await;
+    }
+}
+
 /// Reports stored while the broker is unreachable survive a crash of the
 /// publisher and go out after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

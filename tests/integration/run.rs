@@ -343,6 +343,59 @@ async fn kill_9_with_reports_waiting_loses_none() {
 /// with matching counts. A delivery stream that does not exist is a clear
 /// error at start and Device Defender reports still go out.
 #[cfg(feature = "firehose")]
+/// SD wear: with a sample every second, `status.json` is written once
+/// (the first tick), not every tick, until `stateWriteSeconds` pass; the
+/// shutdown writes it with everything counted.
+#[test]
+fn the_status_file_is_written_once_a_minute_and_at_shutdown_not_every_tick() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ndjson = dir.path().join("reports.ndjson");
+    let state = dir.path().join("state");
+    let config = json!({
+        "thingName": "edge-wear",
+        "stateDir": state,
+        "stateWriteSeconds": 60,
+        "output": {"ndjson": ndjson},
+        "report": {"intervalSeconds": 1},
+        "publish": {"transport": "none", "deviceDefender": {"minIntervalSeconds": 1}}
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    let mut run = Running::start(
+        &["--config", config_path.to_str().expect("utf-8 path")],
+        &[],
+        dir.path().join("run.log"),
+    );
+    let status_file = state.join("status.json");
+    let mut inodes = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&ndjson)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < until, "no four ticks: {}", run.log());
+        if let Ok(meta) = std::fs::metadata(&status_file) {
+            inodes.insert(meta.ino());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        inodes.len(),
+        1,
+        "status.json written once in four ticks: {inodes:?}"
+    );
+    run.signal(libc::SIGTERM);
+    assert!(run.wait().success(), "{}", run.log());
+    let last = std::fs::metadata(&status_file).expect("status.json").ino();
+    assert!(!inodes.contains(&last), "the shutdown wrote it");
+    let status: Value =
+        serde_json::from_str(&std::fs::read_to_string(&status_file).expect("read")).expect("JSON");
+    assert!(status.to_string().contains("collect.samples"), "{status}");
+}
+
 #[test]
 fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
     use crate::firehose::Moto;

@@ -17,13 +17,12 @@
 pub mod ipc;
 
 use anyhow::Context;
-use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::config::Config;
 use crate::publish::IpcConfig;
 use crate::status::Status;
-use ipc::{ComponentState, IpcClient, IpcEndpoint, IpcOptions};
+use ipc::{ComponentState, ConfigurationUpdates, IpcClient, IpcEndpoint, IpcOptions};
 
 /// The configuration `run` starts with, and the nucleus when the process is
 /// a Greengrass component.
@@ -126,7 +125,7 @@ impl Nucleus {
 
     /// Announcements of configuration changes: each is the key path that
     /// changed; read the document again with [`Nucleus::configuration`].
-    pub async fn configuration_updates(&self) -> anyhow::Result<mpsc::Receiver<Vec<String>>> {
+    pub async fn configuration_updates(&self) -> anyhow::Result<ConfigurationUpdates> {
         self.client
             .subscribe_to_configuration_update(&[])
             .await
@@ -158,5 +157,9 @@ mod tests {
         let defaults = IpcOptions::default();
         assert_eq!(from_section.request_timeout, defaults.request_timeout);
         assert_eq!(from_section.max_frame_bytes, defaults.max_frame_bytes);
+        assert_eq!(
+            from_section.max_incoming_frame_bytes,
+            defaults.max_incoming_frame_bytes
+        );
     }
 }

@@ -52,6 +52,7 @@ use tracing::{debug, info, warn};
 
 use super::outbox::{EntryId, Outbox, OutboxError};
 use super::{Message, Transport, TransportError};
+use crate::backoff::{Backoff, jitter};
 use crate::report::{Format, MIN_INTERVAL_SECONDS};
 use crate::status::Status;
 
@@ -283,7 +284,7 @@ impl DefenderPublisher {
             awaiting_reply: BTreeMap::new(),
             flushes: Vec::new(),
             backoff_until: None,
-            failures: 0,
+            failures: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             floor_unsaved: false,
         };
         let task = tokio::spawn(async move {
@@ -364,7 +365,7 @@ async fn listen<T: Transport>(
     events: mpsc::Sender<Event>,
     status: Status,
 ) {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let (mut accepted, mut rejected) = loop {
         let result = async {
             let accepted = transport.subscribe(&topics.accepted).await?;
@@ -376,9 +377,9 @@ async fn listen<T: Transport>(
             Ok(pair) => break pair,
             Err(error) => {
                 status.add("defender.subscribe_failures", 1);
-                warn!(%error, topic = %topics.accepted, retry_in_s = delay.as_secs(), "cannot subscribe to Device Defender replies; reports wait until it works");
+                let delay = backoff.next_delay();
+                warn!(%error, topic = %topics.accepted, retry_in_ms = delay.as_millis() as u64, "cannot subscribe to Device Defender replies; reports wait until it works");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
     };
@@ -415,8 +416,8 @@ struct Driver<T: Transport> {
     flushes: Vec<(Instant, oneshot::Sender<FlushOutcome>)>,
     /// After a failed attempt, not before this (on top of the floor).
     backoff_until: Option<Instant>,
-    /// Failed attempts in a row, for the backoff.
-    failures: u32,
+    /// The delay after a failed attempt; starts over on an acknowledgement.
+    failures: Backoff,
     /// The last attempt time could not be saved; logged once per change.
     floor_unsaved: bool,
 }
@@ -601,7 +602,7 @@ impl<T: Transport + 'static> Driver<T> {
             Ok(None) => return,
             Err(error) => {
                 warn!(%error, "cannot read the Device Defender outbox; retrying later");
-                self.backoff_until = Some(now + Duration::from_secs(5));
+                self.backoff_until = Some(now + jitter(Duration::from_secs(5)));
                 return;
             }
         };
@@ -647,7 +648,7 @@ impl<T: Transport + 'static> Driver<T> {
                     warn!(%error, report_id, "report acknowledged but not removed from the outbox; it may be sent again");
                 }
                 self.backoff_until = None;
-                self.failures = 0;
+                self.failures.reset();
                 self.status.add("defender.sent", 1);
                 self.awaiting_reply.insert(
                     report_id,
@@ -674,9 +675,7 @@ impl<T: Transport + 'static> Driver<T> {
                     .set_text("defender.last_error", error.to_string());
                 // The floor already spaces attempts by min_interval; this
                 // backoff matters when the floor is low (tests, local brokers).
-                self.failures = self.failures.saturating_add(1);
-                let delay = Duration::from_secs(1 << (self.failures - 1).min(6))
-                    .min(Duration::from_secs(60));
+                let delay = self.failures.next_delay();
                 self.backoff_until = Some(Instant::now() + delay);
                 warn!(
                     %error,

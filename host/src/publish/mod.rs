@@ -76,6 +76,12 @@ impl PublishConfig {
     /// Checks that go beyond the shape of the section; messages name the key.
     pub fn check(&self) -> Result<(), String> {
         self.mqtt.check()?;
+        if self.ipc.max_incoming_frame_bytes < 64 * 1024 {
+            return Err(format!(
+                "key `publish.ipc.maxIncomingFrameBytes`: {} is below 65536 (the nucleus's answers would not fit)",
+                self.ipc.max_incoming_frame_bytes
+            ));
+        }
         self.outbox.check("publish.outbox")?;
         self.firehose.check()?;
         if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
@@ -99,6 +105,10 @@ pub struct IpcConfig {
     /// Largest frame sent to the nucleus; 10000 works on both nuclei.
     #[serde(deserialize_with = "crate::lenient::usize")]
     pub max_frame_bytes: usize,
+    /// Largest frame accepted from the nucleus (a GetConfiguration answer
+    /// with large inline profiles); at least 64 KiB.
+    #[serde(deserialize_with = "crate::lenient::usize")]
+    pub max_incoming_frame_bytes: usize,
 }
 
 impl Default for IpcConfig {
@@ -108,6 +118,7 @@ impl Default for IpcConfig {
         IpcConfig {
             request_timeout_seconds: 10,
             max_frame_bytes: 10_000,
+            max_incoming_frame_bytes: 2 * 1024 * 1024,
         }
     }
 }

@@ -15,7 +15,9 @@ use tracing::{info, warn};
 use super::connection::{Connection, Sink, Subscription};
 use super::frame::Frame;
 use super::rpc::{self, Operation, kind};
+use super::updates::ConfigurationUpdates;
 use super::{ComponentState, IpcError, IpcOptions, Qos, SOCKET_ENV, SVCUID_ENV};
+use crate::backoff::{Backoff, jitter};
 use crate::publish::{Message, Transport, TransportError};
 
 /// Where the nucleus is and how to authenticate: the socket path and the
@@ -141,18 +143,6 @@ impl Shared {
     }
 }
 
-/// Doubles a delay up to a ceiling, with up to 25 % jitter so that several
-/// components restarted by one nucleus do not reconnect in lockstep.
-fn next_backoff(delay: Duration, max: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let doubled = delay.saturating_mul(2).min(max);
-    let jitter = doubled.mul_f64(f64::from(nanos % 250) / 1000.0);
-    doubled.saturating_sub(jitter).max(Duration::from_millis(1))
-}
-
 impl IpcClient {
     /// Connects to the nucleus at `socket_path` and authenticates with
     /// `svcuid`, trying [`IpcOptions::connect_attempts`] times with backoff.
@@ -176,17 +166,17 @@ impl IpcClient {
             last_problem: Mutex::default(),
             options,
         });
-        let mut delay = shared.options.backoff_initial;
+        let mut backoff = Backoff::new(shared.options.backoff_initial, shared.options.backoff_max);
         let attempts = shared.options.connect_attempts.max(1);
         let mut attempt = 1;
         let conn = loop {
             match shared.establish().await {
                 Ok(conn) => break conn,
                 Err(error) if attempt < attempts => {
+                    let delay = backoff.next_delay();
                     warn!(socket = %socket_path.display(), %error, attempt, retry_in_ms = delay.as_millis() as u64, "cannot connect to the Greengrass nucleus; retrying");
                     shared.count("ipc.connect_failures");
                     tokio::time::sleep(delay).await;
-                    delay = next_backoff(delay, shared.options.backoff_max);
                     attempt += 1;
                 }
                 Err(error) => {
@@ -270,14 +260,14 @@ impl IpcClient {
         }
     }
 
-    /// Watches the component's configuration under `key_path`; each event is
-    /// the key path that changed (read the value with
-    /// [`IpcClient::get_configuration`]).
+    /// Watches the component's configuration under `key_path`; each
+    /// receive gives the key paths changed since the last one, coalesced
+    /// (read the values with [`IpcClient::get_configuration`]).
     pub async fn subscribe_to_configuration_update(
         &self,
         key_path: &[&str],
-    ) -> Result<mpsc::Receiver<Vec<String>>, IpcError> {
-        let (tx, rx) = mpsc::channel(self.handle.shared.options.subscription_capacity.max(1));
+    ) -> Result<ConfigurationUpdates, IpcError> {
+        let (tx, rx) = super::updates::channel();
         let body = serde_json::json!({ "keyPath": key_path });
         self.subscribe(
             rpc::SUBSCRIBE_TO_CONFIGURATION_UPDATE,
@@ -510,7 +500,12 @@ async fn supervise(
     mut resubscribe: mpsc::UnboundedReceiver<Arc<Subscription>>,
 ) {
     let socket = shared.socket.display().to_string();
+    // Kept across losses: it starts over only when a connection stayed up
+    // (a nucleus that accepts and drops us at once is not retried at the
+    // first delay forever).
+    let mut backoff = Backoff::new(shared.options.backoff_initial, shared.options.backoff_max);
     loop {
+        let up_since = std::time::Instant::now();
         // Connected.
         loop {
             tokio::select! {
@@ -534,7 +529,8 @@ async fn supervise(
         shared.current.send_replace(None);
         shared.set_connected(false);
         shared.count("ipc.connection_losses");
-        let mut delay = shared.options.backoff_initial;
+        backoff.connection_lost_after(up_since.elapsed());
+        let mut delay = backoff.next_delay();
         conn = loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -561,7 +557,7 @@ async fn supervise(
                     warn!(%socket, %error, retry_in_ms = delay.as_millis() as u64, "cannot reconnect to the Greengrass nucleus");
                 }
             }
-            delay = next_backoff(delay, shared.options.backoff_max);
+            delay = backoff.next_delay();
         };
         info!(%socket, generation = conn.generation, "reconnected to the Greengrass nucleus");
         shared.current.send_replace(Some(conn.clone()));
@@ -598,7 +594,7 @@ async fn resubscribe_all(
             Err(_) => "no answer".to_owned(),
         };
         shared.count("ipc.resubscribe_failures");
-        let retry_in = shared.options.backoff_max.min(Duration::from_secs(5));
+        let retry_in = jitter(shared.options.backoff_max.min(Duration::from_secs(5)));
         warn!(socket = %shared.socket.display(), operation = sub.op.name, %problem, retry_in_ms = retry_in.as_millis() as u64, "cannot restore a subscription; will try again");
         let again = shared.resubscribe.clone();
         tokio::spawn(async move {
@@ -682,21 +678,5 @@ mod tests {
         assert!(IpcEndpoint::from_lookup(vars(None, Some("T"))).is_none());
         assert!(IpcEndpoint::from_lookup(vars(Some(""), Some("T"))).is_none());
         assert!(IpcEndpoint::from_lookup(vars(Some("/s"), Some(""))).is_none());
-    }
-
-    #[test]
-    fn backoff_grows_to_the_ceiling() {
-        let max = Duration::from_secs(30);
-        let mut d = Duration::from_millis(100);
-        for _ in 0..20 {
-            let next = next_backoff(d, max);
-            assert!(next <= max);
-            assert!(
-                next >= d.mul_f64(1.5).min(max.mul_f64(0.75)),
-                "{d:?} -> {next:?}"
-            );
-            d = next;
-        }
-        assert!(d >= max.mul_f64(0.75));
     }
 }

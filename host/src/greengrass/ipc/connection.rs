@@ -21,13 +21,17 @@ use tracing::{debug, warn};
 
 use super::frame::{Frame, ReadError, read_frame};
 use super::rpc::{self, Operation, flags, kind};
+use super::updates::UpdateSender;
 use super::{IpcError, IpcOptions};
 use crate::publish::Message;
+use crate::status::Status;
 
-/// Where a subscription's events go.
+/// Where a subscription's events go. Neither ever makes the reader wait:
+/// a full IoT Core channel loses the message (counted), configuration
+/// updates are coalesced.
 pub(super) enum Sink {
     IoTCore(mpsc::Sender<Message>),
-    Configuration(mpsc::Sender<Vec<String>>),
+    Configuration(UpdateSender),
 }
 
 impl Sink {
@@ -208,6 +212,7 @@ impl Connection {
                 outgoing,
                 dead,
                 resubscribe,
+                status: options.status.clone(),
             }
             .run(read_half),
         );
@@ -312,6 +317,7 @@ struct Reader {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     dead: watch::Sender<Option<String>>,
     resubscribe: mpsc::UnboundedSender<Arc<Subscription>>,
+    status: Option<Status>,
 }
 
 impl Reader {
@@ -416,7 +422,7 @@ impl Reader {
                 } else if frame.payload.is_empty() {
                     true
                 } else {
-                    self.deliver(&sub, &frame.payload).await
+                    self.deliver(&sub, &frame.payload)
                 };
                 if !open {
                     // The receiver was dropped: the subscription ends here.
@@ -447,18 +453,30 @@ impl Reader {
             .send(Outgoing::Frame(rpc::close_frame(stream_id)));
     }
 
-    /// Hands an event to its receiver; false when the receiver is gone.
-    async fn deliver(&self, sub: &Subscription, payload: &[u8]) -> bool {
+    /// Hands an event to its receiver without waiting (the reader also
+    /// carries the answers the receiver may be waiting for); false when the
+    /// receiver is gone.
+    fn deliver(&self, sub: &Subscription, payload: &[u8]) -> bool {
         match &sub.sink {
             Sink::IoTCore(tx) => match decode_iot_core_message(payload) {
-                Ok(message) => tx.send(message).await.is_ok(),
+                Ok(message) => match tx.try_send(message) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(message)) => {
+                        if let Some(status) = &self.status {
+                            status.add("ipc.dropped_incoming", 1);
+                        }
+                        warn!(socket = %self.socket.display(), topic = %message.topic, "IPC subscriber is not keeping up: message dropped");
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                },
                 Err(reason) => {
                     warn!(socket = %self.socket.display(), %reason, "dropping an undecodable IoTCoreMessage");
                     !tx.is_closed()
                 }
             },
             Sink::Configuration(tx) => match decode_configuration_update(payload) {
-                Ok(key_path) => tx.send(key_path).await.is_ok(),
+                Ok(key_path) => tx.send(key_path),
                 Err(reason) => {
                     warn!(socket = %self.socket.display(), %reason, "dropping an undecodable ConfigurationUpdateEvents");
                     !tx.is_closed()

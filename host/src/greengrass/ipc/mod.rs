@@ -36,6 +36,7 @@ mod client;
 mod connection;
 pub mod frame;
 mod rpc;
+mod updates;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,7 @@ use std::time::Duration;
 pub use client::{IpcClient, IpcEndpoint};
 pub use connection::{decode_configuration_update, decode_iot_core_message};
 pub use rpc::{error_of, max_publish_payload, publish_frame_len};
+pub use updates::ConfigurationUpdates;
 
 use crate::publish::IpcConfig;
 use crate::status::Status;
@@ -54,6 +56,8 @@ pub const SVCUID_ENV: &str = "SVCUID";
 
 /// Nucleus lite and the C component SDK refuse frames above this size.
 pub const LITE_MAX_FRAME_BYTES: usize = 10_000;
+/// The default of [`IpcOptions::max_incoming_frame_bytes`] (`publish.ipc.maxIncomingFrameBytes`).
+pub const DEFAULT_MAX_INCOMING_FRAME_BYTES: usize = 2 * 1024 * 1024;
 
 /// MQTT quality of service for PublishToIoTCore and SubscribeToIoTCore.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,10 +112,15 @@ pub struct IpcOptions {
     /// so the same build works on both nuclei; the Java nucleus takes more.
     pub max_frame_bytes: usize,
     /// Largest frame accepted from the nucleus; a bigger one is treated as a
-    /// broken peer. 256 KiB holds an IoT Core message of 128 KB in base64.
+    /// broken peer. 2 MiB holds a GetConfiguration answer with large inline
+    /// security profiles (over 1 MiB) and an IoT Core message of 128 KB in
+    /// base64. Read into memory only after the prelude announced its size.
     pub max_incoming_frame_bytes: usize,
-    /// Capacity of each subscription's channel. A receiver that is not drained
-    /// holds back the connection rather than losing messages.
+    /// Capacity of each IoT Core subscription's channel. The connection's
+    /// reader never waits for a receiver (it also carries the answers the
+    /// receiver may be waiting for): a message that finds the channel full
+    /// is dropped, counted in `ipc.dropped_incoming` and logged.
+    /// Configuration updates are coalesced instead and never dropped.
     pub subscription_capacity: usize,
     /// Where connection counters go (`ipc.*`), if anywhere.
     pub status: Option<Status>,
@@ -126,7 +135,7 @@ impl Default for IpcOptions {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             max_frame_bytes: LITE_MAX_FRAME_BYTES,
-            max_incoming_frame_bytes: 256 * 1024,
+            max_incoming_frame_bytes: DEFAULT_MAX_INCOMING_FRAME_BYTES,
             subscription_capacity: 64,
             status: None,
         }
@@ -139,6 +148,7 @@ impl From<&IpcConfig> for IpcOptions {
         IpcOptions {
             request_timeout: Duration::from_secs(config.request_timeout_seconds.max(1)),
             max_frame_bytes: config.max_frame_bytes,
+            max_incoming_frame_bytes: config.max_incoming_frame_bytes,
             ..IpcOptions::default()
         }
     }

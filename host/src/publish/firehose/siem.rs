@@ -90,8 +90,11 @@ impl Running {
         match super::FirehoseSink::start(config, state_dir, status.clone()).await {
             Ok((handle, task)) => Some(Running { handle, task }),
             Err(error) => {
-                // Reports to Device Defender go on; SIEM events are not
-                // collected until the next start or configuration update.
+                // Only a configuration the sink cannot work with gets here
+                // (no region, invalid section, no outbox): peers not ready
+                // at boot are waited for by the sink itself. Reports to
+                // Device Defender go on; SIEM events are not collected
+                // until the next start or configuration update.
                 error!(%error, "Firehose sink not started; SIEM events are not sent");
                 status.set_text("firehose.state", format!("not started: {error}"));
                 None

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
+use crate::backoff::Backoff;
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::sample::Sample;
 use crate::status::Status;
@@ -102,10 +103,13 @@ struct Shared {
 impl FirehoseSink {
     /// Loads the AWS configuration the standard way (environment, profile,
     /// container credentials from the Greengrass Token Exchange Service,
-    /// `AWS_ENDPOINT_URL_FIREHOSE`), checks the region, the credentials and
-    /// the stream, opens the outbox under `state_dir` and spawns the delivery
-    /// task. An unreachable endpoint is not an error: the outbox keeps events
-    /// until it answers. `config.enabled` is the caller's to check.
+    /// `AWS_ENDPOINT_URL_FIREHOSE`), checks the region, opens the outbox
+    /// under `state_dir` and spawns the delivery task; `submit` stores events
+    /// from then on. The task checks the credentials and the stream first,
+    /// and retries those checks with backoff until they pass (no network or
+    /// no credentials yet at boot, a stream created after the device, a
+    /// throttled DescribeDeliveryStream after a fleet-wide reboot): only then
+    /// does it send. `config.enabled` is the caller's to check.
     pub async fn start(
         config: &FirehoseConfig,
         state_dir: &Path,
@@ -134,9 +138,7 @@ impl FirehoseSink {
                 .ok_or_else(|| FirehoseError::NoRegion {
                     stream: stream.clone(),
                 })?;
-        check_credentials(&sdk, &stream, &region).await?;
         let client = Client::new(&sdk);
-        check_stream(&client, &stream, &region).await?;
 
         let dir = state_dir.join("firehose-outbox");
         let outbox =
@@ -158,6 +160,7 @@ impl FirehoseSink {
         let (finished_tx, finished_rx) = watch::channel(false);
         let worker = Worker {
             client,
+            sdk,
             shared: shared.clone(),
             region: region.clone(),
             record_bytes: config.record_bytes,
@@ -169,8 +172,8 @@ impl FirehoseSink {
             shutdown: shutdown_rx,
             deadline: None,
         };
-        status.set_text("firehose.state", "running");
-        info!(%stream, %region, waiting, "Firehose sink started");
+        status.set_text("firehose.state", "starting");
+        info!(%stream, %region, waiting, "Firehose sink started; events are stored from now on");
         let task = tokio::spawn(async move {
             worker.run().await;
             let _ = finished_tx.send(true);
@@ -332,6 +335,8 @@ async fn check_stream(client: &Client, stream: &str, region: &str) -> Result<(),
 /// A delivery task's settings and state.
 struct Worker {
     client: Client,
+    /// For the credential check.
+    sdk: SdkConfig,
     shared: Arc<Shared>,
     region: String,
     record_bytes: usize,
@@ -357,6 +362,12 @@ struct Batch {
 
 impl Worker {
     async fn run(mut self) {
+        if !self.wait_until_ready().await {
+            let (waiting, _) = self.depth();
+            info!(stream = %self.shared.stream, waiting, "Firehose sink stopped before its checks passed; waiting events stay in the outbox");
+            self.shared.status.set_text("firehose.state", "stopped");
+            return;
+        }
         // Entries left by an earlier run are due at once.
         let mut oldest: Option<Instant> =
             (self.depth().0 > 0).then(|| Instant::now() - self.flush_interval);
@@ -392,6 +403,57 @@ impl Worker {
         let (waiting, _) = self.depth();
         info!(%stream, waiting, "Firehose sink stopped; waiting events stay in the outbox");
         self.shared.status.set_text("firehose.state", "stopped");
+    }
+
+    /// Checks the credentials and the stream, again and again with backoff
+    /// until both pass; events submitted meanwhile wait in the outbox. Each
+    /// new reason is logged once and shown in `firehose.state`. A shutdown
+    /// while waiting gets one last check within the shutdown timeout (and
+    /// then delivery until it); returns false when that failed too.
+    async fn wait_until_ready(&mut self) -> bool {
+        let stream = self.shared.stream.clone();
+        let status = self.shared.status.clone();
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut last: Option<String> = None;
+        loop {
+            let checked = async {
+                check_credentials(&self.sdk, &stream, &self.region).await?;
+                check_stream(&self.client, &stream, &self.region).await
+            };
+            let result = match self.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, checked)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(FirehoseError::Stopped {
+                            stream: stream.clone(),
+                        })
+                    }),
+                None => checked.await,
+            };
+            let problem = match result {
+                Ok(()) => break,
+                Err(_) if self.deadline.is_some() => return false,
+                Err(error) => error.to_string(),
+            };
+            status.add("firehose.start_check_failures", 1);
+            let delay = backoff.next_delay();
+            if last.as_ref() != Some(&problem) {
+                warn!(%stream, error = %problem, retry_in_ms = delay.as_millis() as u64, "Firehose not ready; events are stored and sent once it is");
+                status.set_text("firehose.state", format!("waiting: {problem}"));
+                last = Some(problem);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.wait_for(|stop| *stop) => {
+                    self.deadline = Some(Instant::now() + self.shutdown_timeout);
+                }
+            }
+        }
+        if last.is_some() {
+            info!(%stream, region = %self.region, "Firehose checks pass now; sending");
+        }
+        status.set_text("firehose.state", "running");
+        true
     }
 
     fn depth(&self) -> (usize, u64) {

@@ -21,7 +21,10 @@
 //!
 //! Reconnects back off exponentially from 1 s to 60 s with ±25 % jitter (IoT
 //! Core allows one CONNECT per second per client id), and every failed attempt
-//! is logged with the broker's address and the reason.
+//! is logged with the broker's address and the reason. The backoff starts over
+//! only after a session stayed up a minute ([`crate::backoff`]): a broker that
+//! accepts and drops us at once (a cloned image with our client id) sees ever
+//! rarer attempts, not one per second.
 //!
 //! # Protocol state apart from I/O
 //!
@@ -439,7 +442,7 @@ async fn drive(
         match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(connack))) => {
                 let mut state = lock(&state);
-                let connected = state.connected(connack.session_present);
+                let connected = state.connected(connack.session_present, std::time::Instant::now());
                 status.set("mqtt.connected", 1);
                 status.add("mqtt.connects", 1);
                 status.set_text("mqtt.state", "connected");
@@ -508,7 +511,7 @@ async fn drive(
                     // it here, under the lock callers queue with.
                     eventloop.clean();
                     eventloop.pending.clear();
-                    state.connection_lost(&peer, &reason)
+                    state.connection_lost(&peer, &reason, std::time::Instant::now())
                 };
                 if was_connected {
                     status.set("mqtt.connected", 0);

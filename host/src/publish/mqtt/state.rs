@@ -10,10 +10,11 @@
 //! subscribe again, log, count, sleep.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backoff::Backoff;
 use crate::publish::Message;
 
 /// Resolves a publish or subscribe: `Err` carries the reason it failed.
@@ -44,6 +45,8 @@ pub(super) struct ClientState {
     subscriptions: HashMap<String, Subscription>,
     /// The delay before the next connection attempt.
     backoff: Backoff,
+    /// When the current session came up (its CONNACK).
+    up_since: Option<Instant>,
 }
 
 /// What a CONNACK asks of the connection task.
@@ -77,7 +80,8 @@ impl ClientState {
             queued_subscribes: VecDeque::new(),
             inflight_subscribes: HashMap::new(),
             subscriptions: HashMap::new(),
-            backoff: Backoff::new(),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
+            up_since: None,
         }
     }
 
@@ -123,9 +127,12 @@ impl ClientState {
 
     // ---------------------------------------------- what the connection saw
 
-    /// CONNACK: the session is up. The backoff starts over.
-    pub(super) fn connected(&mut self, session_present: bool) -> Connected {
-        self.backoff.reset();
+    /// CONNACK at `now`: the session is up. The backoff does not start over
+    /// yet: a broker that accepts and then drops us at once (a second device
+    /// with our client id, a policy refusing a topic) would otherwise get a
+    /// CONNECT per second forever; [`ClientState::connection_lost`] decides.
+    pub(super) fn connected(&mut self, session_present: bool, now: Instant) -> Connected {
+        self.up_since = Some(now);
         self.connected = true;
         self.last_error = None;
         let mut subscribe = Vec::new();
@@ -212,15 +219,25 @@ impl ClientState {
         self.fail_all("transport shut down");
     }
 
-    /// The connection failed or broke. Everything waiting fails (the outbox
-    /// above owns retries); returns whether a session was up, and how long
-    /// to wait before the next attempt.
-    pub(super) fn connection_lost(&mut self, peer: &str, reason: &str) -> (bool, Duration) {
+    /// The connection failed or broke at `now`. Everything waiting fails (the
+    /// outbox above owns retries); returns whether a session was up, and how
+    /// long to wait before the next attempt: the backoff starts over only if
+    /// the session stayed up [`crate::backoff::STABLE_AFTER`].
+    pub(super) fn connection_lost(
+        &mut self,
+        peer: &str,
+        reason: &str,
+        now: Instant,
+    ) -> (bool, Duration) {
         let was_connected = self.connected;
         self.connected = false;
+        if let Some(since) = self.up_since.take() {
+            self.backoff
+                .connection_lost_after(now.saturating_duration_since(since));
+        }
         self.last_error = Some(format!("{peer}: {reason}"));
         self.fail_all(&format!("connection to {peer} lost: {reason}"));
-        (was_connected, self.backoff.next())
+        (was_connected, self.backoff.next_delay())
     }
 
     /// Fails every publish waiting for an id or an ack, and forgets queued
@@ -260,47 +277,6 @@ pub(super) fn topic_matches(topic: &str, filter: &str) -> bool {
     levels.next().is_none()
 }
 
-/// Exponential backoff from 1 s to 60 s with ±25 % jitter. Reset by every
-/// CONNACK ([`ClientState::connected`]).
-pub(super) struct Backoff {
-    next: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_secs(1);
-    const MAX: Duration = Duration::from_secs(60);
-
-    fn new() -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id());
-        Backoff {
-            next: Self::FIRST,
-            seed: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    fn next(&mut self) -> Duration {
-        // xorshift64: jitter needs spread between devices, not cryptography.
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        let quarter = base.as_millis() as u64 / 4;
-        let jitter = self.seed % (2 * quarter + 1);
-        // Never below 1 s: IoT Core allows one CONNECT per second per client id.
-        (base - Duration::from_millis(quarter) + Duration::from_millis(jitter)).max(Self::FIRST)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,7 +296,7 @@ mod tests {
     /// receivers, in queue order.
     fn two_queued() -> (ClientState, [oneshot::Receiver<Result<(), String>>; 2]) {
         let mut state = ClientState::new();
-        state.connected(true);
+        state.connected(true, Instant::now());
         let (first, first_rx) = waiter();
         let (second, second_rx) = waiter();
         state.publish_queued(first);
@@ -345,7 +321,8 @@ mod tests {
     fn a_lost_connection_fails_every_waiting_publish_and_backs_off() {
         let (mut state, [mut sent_rx, mut queued_rx]) = two_queued();
         state.publish_sent(1);
-        let (was_connected, first) = state.connection_lost("MQTT broker b:8883", "reset");
+        let now = Instant::now();
+        let (was_connected, first) = state.connection_lost("MQTT broker b:8883", "reset", now);
         assert!(was_connected);
         assert!(!state.connected);
         assert_eq!(
@@ -356,14 +333,35 @@ mod tests {
             let reason = rx.try_recv().expect("resolved").expect_err("failed");
             assert!(reason.contains("lost: reset"), "{reason}");
         }
-        let (was_connected, second) = state.connection_lost("MQTT broker b:8883", "refused");
+        let (was_connected, second) = state.connection_lost("MQTT broker b:8883", "refused", now);
         assert!(!was_connected);
         assert!(second > first, "{first:?} then {second:?}");
-        state.connected(false);
-        let (_, after_connack) = state.connection_lost("MQTT broker b:8883", "reset");
+    }
+
+    #[test]
+    fn only_a_session_that_stayed_up_starts_the_backoff_over() {
+        let mut state = ClientState::new();
+        let start = Instant::now();
+        let mut delays = Vec::new();
+        // A broker that accepts and drops us at once (a clone with our
+        // client id): every CONNACK is followed by a loss 100 ms later.
+        for n in 0..5u64 {
+            let at = start + Duration::from_secs(n * 100);
+            state.connected(true, at);
+            let lost = at + Duration::from_millis(100);
+            delays.push(state.connection_lost("b", "kicked", lost).1);
+        }
         assert!(
-            after_connack <= Duration::from_millis(1250),
-            "a CONNACK resets the backoff"
+            delays[4] >= Duration::from_secs(12),
+            "short sessions keep backing off: {delays:?}"
+        );
+        let at = start + Duration::from_secs(1000);
+        state.connected(true, at);
+        let (_, after_stable) =
+            state.connection_lost("b", "reset", at + crate::backoff::STABLE_AFTER);
+        assert!(
+            after_stable <= Duration::from_millis(1250),
+            "a session up for a minute starts over: {after_stable:?}"
         );
     }
 
@@ -379,7 +377,7 @@ mod tests {
             panic!("not confirmed yet");
         };
         assert!(!request, "not connected: nothing is sent yet");
-        let connected = state.connected(false);
+        let connected = state.connected(false, Instant::now());
         assert_eq!(connected.subscribe, ["a/+"]);
         state.subscribe_queued("a/+");
         state.subscribe_sent(3);
@@ -391,9 +389,9 @@ mod tests {
         assert_eq!(state.received(&message("a/b")), 0);
         assert_eq!(rx.try_recv().map(|m| m.topic), Ok("a/b".to_owned()));
 
-        let kept = state.connected(true);
+        let kept = state.connected(true, Instant::now());
         assert!(kept.subscribe.is_empty(), "the broker kept the session");
-        let fresh = state.connected(false);
+        let fresh = state.connected(false, Instant::now());
         assert!(fresh.fresh_session);
         assert_eq!(fresh.subscribe, ["a/+"], "a fresh session lost it");
     }
@@ -401,7 +399,7 @@ mod tests {
     #[test]
     fn a_refused_subscription_fails_its_waiters() {
         let mut state = ClientState::new();
-        state.connected(true);
+        state.connected(true, Instant::now());
         let (tx, _rx) = mpsc::channel(1);
         let Subscribed::Pending { waiter, request } = state.subscribe("$aws/#", tx) else {
             panic!("not confirmed yet");
@@ -423,21 +421,6 @@ mod tests {
         assert_eq!(state.received(&message("t")), 0);
         assert_eq!(state.received(&message("t")), 1);
         assert_eq!(state.received(&message("other")), 0);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_never_below_one_second() {
-        let mut backoff = Backoff::new();
-        let delays: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
-        for d in &delays {
-            assert!(
-                *d >= Duration::from_secs(1) && *d <= Duration::from_secs(75),
-                "{d:?}"
-            );
-        }
-        assert!(delays[5] >= Duration::from_secs(24), "{delays:?}");
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(1250));
     }
 
     #[test]
