@@ -53,18 +53,23 @@ impl Default for Config {
     }
 }
 
-/// Where `run` writes each report as one NDJSON line, besides publishing it.
+/// Where `run` writes each report as one NDJSON line, besides publishing it,
+/// and the alarms, plugin alerts and annotations it finds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutputConfig {
     /// `"-"` for standard output, a file path to append to, or `null` for none.
     pub ndjson: Option<String>,
+    /// The same for the event lines (`{"type": "alarm" | "alert" |
+    /// "annotations", ...}`).
+    pub events: Option<String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             ndjson: Some("-".to_owned()),
+            events: Some("-".to_owned()),
         }
     }
 }

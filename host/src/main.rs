@@ -108,7 +108,11 @@ impl clap::ValueEnum for FormatArg {
 /// SVCUID set) reports go over Greengrass IPC and the configuration is read
 /// over IPC and followed live; elsewhere the transport is chosen by
 /// publish.transport. Each report is also written as an NDJSON line to
-/// output.ndjson. SIGTERM and SIGINT stop it cleanly, flushing what it holds.
+/// output.ndjson (standard output by default), and every alarm, clear, plugin
+/// alert and change of annotations as an NDJSON line with a `type` field to
+/// output.events (standard output by default; docs/CONFIGURATION.md). On a
+/// terminal, or with --human, standard output gets one readable line each
+/// instead. SIGTERM and SIGINT stop it cleanly, flushing what it holds.
 ///
 /// Exit status: 0 done (with --once: the report was acknowledged); 1 error;
 /// 2 invalid command line or configuration; 3 (--once) the peer could not be
@@ -132,6 +136,10 @@ struct RunArgs {
     /// before leaving the report in the outbox (exit status 3).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     wait: u64,
+    /// One readable line per alarm, clear, alert and report on standard
+    /// output, even when it is not a terminal (the default on a terminal).
+    #[arg(long)]
+    human: bool,
 }
 
 /// Show the counters of the running (or last) `run`, from its state directory.
@@ -305,6 +313,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             once_wait: Duration::from_secs(args.wait),
             overrides,
             live_configuration: start.live_configuration,
+            human: args.human || std::io::stdout().is_terminal(),
         };
         run::run(start.config, start.nucleus, status, options).await
     })?;

@@ -16,3 +16,4 @@ mod report;
 mod run;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
+mod visible;

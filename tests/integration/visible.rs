@@ -1,0 +1,310 @@
+//! What a person at the device's terminal sees (issue 13): `run` printing
+//! alarms, alerts and annotations, `status` telling a live agent from a dead
+//! one, `config check`, and invalid input refused with one message and exit
+//! status 2. Every test runs the command a person types and reads what it
+//! prints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support;
+
+fn defender_edge() -> Command {
+    let mut cmd = Command::new(support::bin());
+    cmd.env_remove("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+        .env_remove("SVCUID")
+        .env_remove("RUST_LOG")
+        .env_remove("DEFENDER_EDGE_CONFIG")
+        .env("AWS_IOT_THING_NAME", "visible-thing");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write_json(dir: &Path, name: &str, value: &Value) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, value.to_string()).expect("write JSON");
+    path
+}
+
+/// `HH:MM:SS ` at the start of a human line.
+fn starts_with_clock(line: &str) -> bool {
+    let b = line.as_bytes();
+    b.len() > 9
+        && b[2] == b':'
+        && b[5] == b':'
+        && b[8] == b' '
+        && [0, 1, 3, 4, 6, 7].iter().all(|&i| b[i].is_ascii_digit())
+}
+
+/// The captured proc tree (TCP ports 2024, 32987, 39229, 58369, 60853; UDP
+/// 55231, 57588), a profile that allows every TCP port but 60853, the
+/// port-allowlist plugin that allows every port but UDP 57588, and the
+/// owner-enrichment plugin.
+fn finding_config(dir: &Path) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for name in ["port-allowlist", "owner-enrichment"] {
+        std::fs::copy(
+            crate::plugins::wasm(name),
+            plugins.join(format!("{name}.wasm")),
+        )
+        .expect("copy plugin");
+    }
+    write_json(
+        dir,
+        "config.json",
+        &json!({
+            "stateDir": dir.join("state"),
+            "collect": {"procRoot": support::fixture("proc/captured")},
+            "detection": {"profiles": [{
+                "securityProfileName": "DeviceRuleBaseline",
+                "behaviors": [{
+                    "name": "UnexpectedListeningTcpPorts",
+                    "metric": "aws:listening-tcp-ports",
+                    "criteria": {"comparisonOperator": "in-port-set",
+                        "value": {"ports": [2024, 32987, 39229, 58369]},
+                        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1}
+                }]
+            }]},
+            "plugins": {"dir": plugins, "settings": {
+                "port-allowlist": {"config": {"tcp": "2024,32987,39229,58369,60853", "udp": "55231"}},
+                "owner-enrichment": {"config": {"owner": "plant-ops", "site": "lyon-2"}}
+            }}
+        }),
+    )
+}
+
+/// Item 3: by default `run` writes the alarm, the plugin's alert and the
+/// annotations as NDJSON lines with a `type`, beside a report line that is
+/// the report and nothing else.
+#[test]
+fn run_prints_alarms_alerts_and_annotations_as_typed_ndjson_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = finding_config(dir.path());
+    let out = defender_edge()
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let of = |kind: &str| -> Vec<&Value> { lines.iter().filter(|l| l["type"] == kind).collect() };
+    let reports: Vec<&str> = stdout
+        .lines()
+        .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.get("type").is_none()))
+        .collect();
+    assert_eq!(reports.len(), 1, "one report line: {stdout}");
+    // The report line is the report, as consumers have always read it.
+    let report =
+        defender_edge::report::decode(reports[0].as_bytes(), defender_edge::report::Format::Json)
+            .expect("the report line decodes as a report");
+    assert_eq!(
+        defender_edge::report::encode(&report, defender_edge::report::Format::Json),
+        reports[0].as_bytes(),
+        "the report line is exactly the encoded report"
+    );
+
+    let alarms = of("alarm");
+    assert_eq!(alarms.len(), 1, "one alarm: {stdout}");
+    assert_eq!(alarms[0]["state"], "alarm");
+    assert_eq!(alarms[0]["profile"], "DeviceRuleBaseline");
+    assert_eq!(alarms[0]["behavior"], "UnexpectedListeningTcpPorts");
+    assert_eq!(alarms[0]["offending"], json!({"ports": [60853]}));
+
+    let alerts = of("alert");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "one plugin alert (detection's are alarms): {stdout}"
+    );
+    assert_eq!(alerts[0]["source"], "port-allowlist");
+    assert_eq!(alerts[0]["name"], "port-not-allowed");
+    assert_eq!(alerts[0]["severity"], "high");
+    assert_eq!(alerts[0]["attributes"]["port"], "57588");
+
+    let annotations = of("annotations");
+    assert_eq!(annotations.len(), 1, "{stdout}");
+    assert_eq!(
+        annotations[0]["annotations"],
+        json!({"owner": "plant-ops", "site": "lyon-2"})
+    );
+
+    // `output.events: null` leaves only the report.
+    let mut quiet: Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("config")).expect("JSON");
+    quiet["output"] = json!({"events": null});
+    let quiet = write_json(dir.path(), "quiet.json", &quiet);
+    let out = defender_edge()
+        .args(["run", "--once", "--config"])
+        .arg(&quiet)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(!stdout.contains("\"type\""), "{stdout}");
+}
+
+/// Item 3: with `--human` (the default on a terminal) one readable line each.
+#[test]
+fn run_human_prints_one_readable_line_per_finding() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = finding_config(dir.path());
+    let out = defender_edge()
+        .args(["run", "--once", "--human", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines.iter().all(|l| starts_with_clock(l)), "{stdout}");
+    let shown: Vec<&str> = lines.iter().map(|l| &l[9..]).collect();
+    assert!(
+        shown.contains(
+            &"ALARM DeviceRuleBaseline/UnexpectedListeningTcpPorts port 60853 (not in 2024, 32987, 39229, 58369)"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        shown.contains(
+            &"ALERT high port-allowlist/port-not-allowed: udp port 57588 listens on * but is not on the allowlist"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        shown.contains(&"NOTE annotations: owner=plant-ops, site=lyon-2"),
+        "{stdout}"
+    );
+    assert!(
+        shown.iter().any(|l| l.starts_with("REPORT ")
+            && l.contains(": 5 TCP ports (2024, 32987, 39229, 58369, 60853), 2 UDP ports")),
+        "{stdout}"
+    );
+    assert_eq!(lines.len(), 4, "nothing else: {stdout}");
+}
+
+/// A `run` whose standard output goes to a file read while it runs.
+struct Running {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Running {
+    fn start(cmd: &mut Command, dir: &Path) -> Running {
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
+        let child = cmd
+            .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start run");
+        Running {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn wait_for(&mut self, what: &str, check: impl Fn(&str) -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !check(&self.stdout()) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "run exited ({status}) while waiting for {what}; stdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < until,
+                "timed out waiting for {what}; stdout:\n{}",
+                self.stdout()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on the pid of a child this test spawned.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    probe.local_addr().expect("addr").port()
+}
+
+/// A profile on the real /proc that alarms while `port` listens.
+fn rogue_port_config(dir: &Path, port: u16) -> PathBuf {
+    write_json(
+        dir,
+        "config.json",
+        &json!({
+            "stateDir": dir.join("state"),
+            "detection": {"intervalSeconds": 1, "profiles": [{
+                "securityProfileName": "NoRogueListener",
+                "behaviors": [{
+                    "name": "RoguePortClosed",
+                    "metric": "aws:listening-tcp-ports",
+                    "criteria": {"comparisonOperator": "not-in-port-set",
+                        "value": {"ports": [port]},
+                        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1}
+                }]
+            }]}
+        }),
+    )
+}
+
+/// Item 3: a listener that opens and closes gives an ALARM line, then a
+/// CLEAR line of its own.
+#[test]
+fn run_human_prints_the_clear_as_its_own_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = rogue_port_config(dir.path(), port);
+    let mut run = Running::start(
+        defender_edge()
+            .args(["run", "--human", "--config"])
+            .arg(&config),
+        dir.path(),
+    );
+    run.wait_for("the first report", |out| out.contains(" REPORT "));
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    let alarm = format!("ALARM NoRogueListener/RoguePortClosed port {port} (in {port})");
+    run.wait_for("the alarm line", |out| out.contains(&alarm));
+    drop(listener);
+    run.wait_for("the clear line", |out| {
+        out.contains("CLEAR NoRogueListener/RoguePortClosed (alarm since ")
+    });
+    assert!(run.stop().success());
+    let out = run.stdout();
+    let alarm_lines = out.lines().filter(|l| l.contains(" ALARM ")).count();
+    let clear_lines = out.lines().filter(|l| l.contains(" CLEAR ")).count();
+    assert_eq!((alarm_lines, clear_lines), (1, 1), "{out}");
+    assert!(out.lines().all(starts_with_clock), "{out}");
+}
