@@ -142,10 +142,15 @@ struct RunArgs {
     human: bool,
 }
 
-/// Show the counters of the running (or last) `run`, from its state directory.
+/// Show whether `run` is running, its open alarms and its counters, from
+/// its state directory.
+///
+/// The first lines say whether the process that wrote the status file still
+/// runs (its pid is checked) and how old the file is; `run` rewrites it
+/// after every sample. Exit status: 0 shown; 1 no status file.
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// State directory [default: ./defender-edge-state].
+    /// State directory [default: stateDir of --config, ./defender-edge-state].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Configuration file whose stateDir to read.
@@ -154,6 +159,10 @@ struct StatusArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Show it again every SECONDS (2 when no value is given) until
+    /// interrupted, like `top`.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_duration)]
+    watch: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -323,20 +332,48 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn show_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_ref())?;
     let dir = args.state_dir.unwrap_or(config.state_dir);
-    let snapshot = match status::read(&dir) {
+    let Some(every) = args.watch else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&status_view(&dir, args.json)?)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // On a terminal each view replaces the last; piped, views follow each
+    // other, separated by a blank line.
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let view = match status_view(&dir, args.json) {
+            Ok(view) => view,
+            Err(error) => format!("{error:#}\n").into_bytes(),
+        };
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            out.write_all(b"\x1b[H\x1b[2J")?;
+        }
+        out.write_all(&view)?;
+        if !terminal {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(every);
+    }
+}
+
+/// What `status` prints once.
+fn status_view(dir: &std::path::Path, json: bool) -> anyhow::Result<Vec<u8>> {
+    let snapshot = match status::read(dir) {
         Ok(snapshot) => snapshot,
         Err(message) => {
             bail!("{message}; has `defender-edge run` been started with this state directory?")
         }
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &snapshot)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(status::render_table(&snapshot, defender_edge::state::now_ms()).as_bytes())?;
+    if json {
+        let mut out = serde_json::to_vec_pretty(&snapshot)?;
+        out.push(b'\n');
+        return Ok(out);
     }
-    Ok(ExitCode::SUCCESS)
+    let alive = status::liveness(&snapshot, std::path::Path::new("/proc"));
+    Ok(status::render_table(&snapshot, defender_edge::state::now_ms(), alive).into_bytes())
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::detect::AlarmEvent;
+use crate::detect::{AlarmEvent, AlarmState};
 use crate::greengrass::Nucleus;
 use crate::greengrass::ipc::IpcClient;
 use crate::output::{Event, Output, Target};
@@ -426,6 +426,19 @@ impl Session {
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
         for alarm in &tick.alarms {
+            // `status` lists the open alarms.
+            let key = format!("alarm.{}", alarm.key());
+            match alarm.state {
+                AlarmState::Alarm => self.status.set_text(
+                    &key,
+                    format!(
+                        "since {} UTC: {}",
+                        crate::status::format_utc(alarm.violation_start_ms),
+                        alarm.finding()
+                    ),
+                ),
+                AlarmState::Clear => self.status.remove(&key),
+            }
             self.output.event(Event {
                 kind: "alarm",
                 timestamp_ms: alarm.timestamp_ms,

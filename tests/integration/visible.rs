@@ -308,3 +308,91 @@ fn run_human_prints_the_clear_as_its_own_line() {
     assert_eq!((alarm_lines, clear_lines), (1, 1), "{out}");
     assert!(out.lines().all(starts_with_clock), "{out}");
 }
+
+fn status_of(state: &Path) -> String {
+    let out = defender_edge()
+        .args(["status", "--state-dir"])
+        .arg(state)
+        .output()
+        .expect("status");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Item 5: `status` says whether `run` still runs, lists the open alarm with
+/// what broke it, refreshes with `--watch`, and tells a stopped run from a
+/// live one.
+#[test]
+fn status_shows_liveness_open_alarms_and_watches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = rogue_port_config(dir.path(), port);
+    let state = dir.path().join("state");
+    let mut run = Running::start(
+        defender_edge()
+            .args(["run", "--human", "--config"])
+            .arg(&config),
+        dir.path(),
+    );
+    let pid = run.child.id();
+    run.wait_for("the first report", |out| out.contains(" REPORT "));
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    run.wait_for("the alarm line", |out| out.contains(" ALARM "));
+    // The status file is written after the tick that printed the alarm.
+    let until = Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let table = status_of(&state);
+        if table.contains("RoguePortClosed") || Instant::now() > until {
+            break table;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        table.starts_with(&format!("defender-edge running (pid {pid}, up ")),
+        "{table}"
+    );
+    assert!(table.contains(" ago\n"), "the snapshot's age: {table}");
+    let since = table
+        .lines()
+        .find(|l| l.starts_with("  NoRogueListener/RoguePortClosed  since "))
+        .unwrap_or_else(|| panic!("the open alarm is listed: {table}"));
+    assert!(
+        since.ends_with(&format!(" UTC: port {port} (in {port})")),
+        "{since}"
+    );
+    assert!(table.contains("\nopen alarms\n"), "{table}");
+
+    // --watch shows the view again and again until interrupted.
+    let mut watch = defender_edge()
+        .args(["status", "--watch", "200ms", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("status --watch");
+    std::thread::sleep(Duration::from_millis(900));
+    let _ = watch.kill();
+    let watched = watch.wait_with_output().expect("watch output");
+    let views = text(&watched.stdout)
+        .matches("defender-edge running")
+        .count();
+    assert!(
+        views >= 3,
+        "{views} views in 900 ms:\n{}",
+        text(&watched.stdout)
+    );
+
+    drop(listener);
+    run.wait_for("the clear line", |out| out.contains(" CLEAR "));
+    assert!(run.stop().success());
+    let table = status_of(&state);
+    assert!(
+        table.starts_with(&format!(
+            "defender-edge NOT RUNNING (pid {pid} has exited)\n"
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("\nalarms open when it stopped: none\n"),
+        "the clear closed the alarm: {table}"
+    );
+}

@@ -143,30 +143,37 @@ impl AlarmEvent {
     /// (`ALARM DeviceRuleBaseline/UnexpectedListeningTcpPorts port 2121 (not in 22, 8883)`),
     /// for a clear the behavior and when its alarm began.
     pub fn human(&self) -> String {
-        let who = format!("{}/{}", self.profile, self.behavior);
+        let who = self.key();
         match self.state {
             AlarmState::Clear => format!(
                 "CLEAR {who} (alarm since {} UTC)",
                 crate::output::clock(self.violation_start_ms)
             ),
-            AlarmState::Alarm => {
-                let seen = describe(self.offending.as_ref().unwrap_or(&self.value));
-                let expected = match self.threshold {
-                    Some(threshold) => Some(threshold.to_string()),
-                    None => self.criteria.get("value").map(list),
-                };
-                let operator = self
-                    .criteria
-                    .get("comparisonOperator")
-                    .and_then(Value::as_str)
-                    .map(broken);
-                match (operator, expected) {
-                    (Some(operator), Some(expected)) => {
-                        format!("ALARM {who} {seen} ({operator} {expected})")
-                    }
-                    _ => format!("ALARM {who} {seen}"),
-                }
-            }
+            AlarmState::Alarm => format!("ALARM {who} {}", self.finding()),
+        }
+    }
+
+    /// `<profile>/<behavior>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.profile, self.behavior)
+    }
+
+    /// What broke the criteria, and the expectation it broke:
+    /// `port 2121 (not in 22, 8883)`, `count 57 (>= 50)`.
+    pub fn finding(&self) -> String {
+        let seen = describe(self.offending.as_ref().unwrap_or(&self.value));
+        let expected = match self.threshold {
+            Some(threshold) => Some(threshold.to_string()),
+            None => self.criteria.get("value").map(list),
+        };
+        let operator = self
+            .criteria
+            .get("comparisonOperator")
+            .and_then(Value::as_str)
+            .map(broken);
+        match (operator, expected) {
+            (Some(operator), Some(expected)) => format!("{seen} ({operator} {expected})"),
+            _ => seen,
         }
     }
 
