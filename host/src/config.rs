@@ -141,7 +141,10 @@ impl Config {
 }
 
 fn describe<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    // A syntax error has no key: the path ends in `?` where the parser
+    // stopped. The inner error gives the line and column.
     let path = e.path().to_string();
+    let path = path.trim_end_matches('?').trim_end_matches('.');
     if path == "." || path.is_empty() {
         e.inner().to_string()
     } else {

@@ -51,6 +51,9 @@ enum Command {
 /// CBOR is written as raw bytes. With security profiles configured the
 /// sample is judged too and alarms are logged on stderr (docs/DETECTION.md);
 /// nothing of detection is saved.
+///
+/// Exit status: 0 printed; 1 error; 2 invalid configuration, security
+/// profile, plugin folder or proc root.
 #[derive(Debug, Args)]
 struct CollectArgs {
     /// Encoding of the report.
@@ -174,12 +177,48 @@ fn main() -> ExitCode {
         Command::Plugin(cmd) => plugin(cmd),
     };
     outcome.unwrap_or_else(|error| {
-        eprintln!("defender-edge: {error:#}");
-        let config_error = error.chain().any(|e| {
-            e.downcast_ref::<defender_edge::config::ConfigError>()
-                .is_some()
-        });
-        ExitCode::from(if config_error { 2 } else { 1 })
+        eprintln!("defender-edge: {}", one_message(&error));
+        ExitCode::from(if invalid_input(&error) { 2 } else { 1 })
+    })
+}
+
+/// The error and its causes on one line, each said once: a cause whose text
+/// the message already holds (an error that prints its source) is skipped.
+fn one_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+/// Whether the error is the user's input (exit status 2): the configuration,
+/// a security profile, the plugin folder, the proc root.
+fn invalid_input(error: &anyhow::Error) -> bool {
+    use defender_edge::detect::DetectError;
+    use defender_edge::plugin::PluginError;
+    error.chain().any(|e| {
+        e.is::<defender_edge::config::ConfigError>()
+            || e.is::<defender_edge::collect::ProcRootError>()
+            || matches!(
+                e.downcast_ref::<DetectError>(),
+                Some(
+                    DetectError::Read { .. }
+                        | DetectError::Invalid(_)
+                        | DetectError::DuplicateProfile { .. }
+                )
+            )
+            || matches!(
+                e.downcast_ref::<PluginError>(),
+                Some(PluginError::Dir { .. })
+            )
     })
 }
 

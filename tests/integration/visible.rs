@@ -396,3 +396,135 @@ fn status_shows_liveness_open_alarms_and_watches() {
         "the clear closed the alarm: {table}"
     );
 }
+
+/// Items 11 and 12: every invalid input exits 2 with one line that names
+/// what is wrong and says each cause once.
+#[test]
+fn invalid_input_exits_2_with_one_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let config = |name: &str, json: &str| {
+        let path = d.join(name);
+        std::fs::write(&path, json).expect("config");
+        path.display().to_string()
+    };
+    let missing_profile = config(
+        "missing-profile.json",
+        r#"{"detection": {"profilePaths": ["/nonexistent/profile.json"]}}"#,
+    );
+    let bad_profile = config(
+        "bad-profile.json",
+        r#"{"detection": {"profiles": [{"securityProfileName": "P", "behaviors": [
+            {"name": "b", "metric": "aws:no-such-metric", "criteria": {}}]}]}}"#,
+    );
+    let bad_json = config("bad-json.json", "{\"stateDir\": \"s\",\n");
+    let missing_plugins = config(
+        "missing-plugins.json",
+        r#"{"plugins": {"dir": "/nonexistent/plugins"}}"#,
+    );
+    let bad_proc = config(
+        "bad-proc.json",
+        r#"{"collect": {"procRoot": "/nonexistent/proc"}}"#,
+    );
+    let plain_file = d.join("plain-file");
+    std::fs::write(&plain_file, "not a proc tree").expect("file");
+    let empty = d.join("empty");
+    std::fs::create_dir(&empty).expect("empty dir");
+    let state = d.join("state").display().to_string();
+    let bad_json_message = format!(
+        "invalid configuration in {bad_json}: EOF while parsing a value at line 2 column 0"
+    );
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "collect".into(),
+                "--config".into(),
+                "/nonexistent/config.json".into(),
+            ],
+            "cannot read configuration file /nonexistent/config.json: No such file or directory (os error 2)",
+        ),
+        (
+            vec![
+                "run".into(),
+                "--once".into(),
+                "--config".into(),
+                missing_profile,
+            ],
+            "cannot read security profile /nonexistent/profile.json: No such file or directory (os error 2)",
+        ),
+        (
+            vec!["collect".into(), "--config".into(), bad_profile],
+            "unknown Device Defender metric `aws:no-such-metric`",
+        ),
+        (
+            vec!["collect".into(), "--config".into(), bad_json.clone()],
+            &bad_json_message,
+        ),
+        (
+            vec!["collect".into(), "--config".into(), missing_plugins],
+            "plugin directory /nonexistent/plugins: No such file or directory (os error 2)",
+        ),
+        (
+            vec![
+                "collect".into(),
+                "--proc-root".into(),
+                "/nonexistent/proc".into(),
+            ],
+            "proc root /nonexistent/proc (collect.procRoot or --proc-root) is not a proc tree",
+        ),
+        (
+            vec![
+                "collect".into(),
+                "--proc-root".into(),
+                plain_file.display().to_string(),
+            ],
+            "is not a proc tree: none of net/tcp, net/tcp6, net/udp, net/udp6, net/dev can be read",
+        ),
+        (
+            vec![
+                "collect".into(),
+                "--proc-root".into(),
+                empty.display().to_string(),
+            ],
+            "is not a proc tree",
+        ),
+        (
+            vec!["run".into(), "--once".into(), "--config".into(), bad_proc],
+            "proc root /nonexistent/proc (collect.procRoot or --proc-root) is not a proc tree",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = defender_edge()
+            .args(&args)
+            .args(["--state-dir", &state])
+            .output()
+            .expect("run the command");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+        assert!(stderr.starts_with("defender-edge: "), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.matches("(os error").count().min(1),
+            stderr.matches("(os error").count(),
+            "{args:?}: a cause said twice: {stderr}"
+        );
+        assert!(!stderr.contains("key `?`"), "{args:?}: {stderr}");
+    }
+
+    // A partial tree (only net/dev) is not a typo: it warns and reports.
+    let partial = d.join("partial");
+    std::fs::create_dir_all(partial.join("net")).expect("net dir");
+    std::fs::copy("/proc/net/dev", partial.join("net/dev")).expect("copy net/dev");
+    let out = defender_edge()
+        .args(["collect", "--state-dir", &state, "--proc-root"])
+        .arg(&partial)
+        .output()
+        .expect("collect");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("net/tcp"),
+        "the missing files are warned"
+    );
+}
