@@ -41,6 +41,31 @@ enum Command {
     Status(StatusArgs),
     #[command(subcommand)]
     Plugin(defender_edge::plugin::cli::PluginCommand),
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Check the configuration.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    Check(ConfigCheckArgs),
+}
+
+/// Check a configuration the way `run` would start it, without running:
+/// the document (every key), the thing name, the proc root, the security
+/// profiles, and every plugin in the plugin folder (compiled and
+/// initialised with its settings, nothing cached).
+///
+/// The configuration is --config FILE, else the file DEFENDER_EDGE_CONFIG
+/// names, else, as a Greengrass component (AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT
+/// and SVCUID set), the component configuration, else the embedded defaults.
+/// Prints one line per check. Exit status: 0 valid; 2 invalid (the first
+/// problem in the document, or every plugin that does not load); 1 error.
+#[derive(Debug, Args)]
+struct ConfigCheckArgs {
+    /// Configuration file (JSON; see docs/CONFIGURATION.md).
+    #[arg(long, value_name = "FILE", env = "DEFENDER_EDGE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Print one validated Device Defender report of this machine to stdout.
@@ -175,6 +200,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Status(args) => show_status(args),
         Command::Plugin(cmd) => plugin(cmd),
+        Command::Config(ConfigCommand::Check(args)) => config_check(args),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("defender-edge: {}", one_message(&error));
@@ -331,6 +357,84 @@ fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<Exit
     let mut out = std::io::stdout().lock();
     defender_edge::plugin::cli::run(cmd, &config.plugins, &cache, &mut out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(args: ConfigCheckArgs) -> anyhow::Result<ExitCode> {
+    let (config, origin) = match &args.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            match runtime.block_on(Nucleus::read_configuration(&Status::new()))? {
+                Some(config) => (config, "the Greengrass component configuration".to_owned()),
+                None => (Config::default(), "the embedded defaults".to_owned()),
+            }
+        }
+    };
+    // Every problem is printed below, once; RUST_LOG shows the log.
+    init_logging("off");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ok  configuration: {origin}")?;
+    let thing = pipeline::thing_name(&config)?;
+    writeln!(out, "ok  thing name: {thing}")?;
+    defender_edge::collect::check_proc_root(&config.collect.proc_root)?;
+    writeln!(out, "ok  proc root: {}", config.collect.proc_root.display())?;
+    let status = Status::new();
+    let scratch = Scratch::new()?;
+    defender_edge::detect::Detector::new(&config.detection, scratch.path(), &status)
+        .context("loading the security profiles (detection)")?;
+    writeln!(
+        out,
+        "ok  security profiles: {} ({} behaviors judged on the device, {} skipped)",
+        status.number("detect.profiles"),
+        status.number("detect.behaviors"),
+        status.number("detect.behaviors_skipped")
+    )?;
+    let Some(dir) = &config.plugins.dir else {
+        writeln!(out, "ok  plugins: none (plugins.dir is not set)")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let plugins = defender_edge::plugin::PluginsConfig {
+        hot_reload: false,
+        ..config.plugins.clone()
+    };
+    let host = defender_edge::plugin::PluginHost::start(&plugins, scratch.path(), status)?;
+    let mut failed = 0;
+    for (name, state) in host.plugins() {
+        if state == "running" {
+            writeln!(out, "ok  plugin {name}")?;
+        } else {
+            failed += 1;
+            writeln!(out, "BAD plugin {name}: {state}")?;
+        }
+    }
+    writeln!(out, "    plugin folder: {}", dir.display())?;
+    Ok(ExitCode::from(if failed == 0 { 0 } else { 2 }))
+}
+
+/// A folder of `config check`'s own, removed when it ends: profiles and
+/// plugins are checked without touching the state directory or its cache.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("defender-edge-check-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating the scratch folder {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {

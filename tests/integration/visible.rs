@@ -528,3 +528,116 @@ fn invalid_input_exits_2_with_one_message() {
         "the missing files are warned"
     );
 }
+
+/// Item 10: `config check` checks the document, the profiles and every
+/// plugin without running, and exits 2 on an invalid one.
+#[test]
+fn config_check_validates_without_running() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good = finding_config(dir.path());
+    let out = defender_edge()
+        .args(["config", "check", "--config"])
+        .arg(&good)
+        .output()
+        .expect("config check");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for line in [
+        format!("ok  configuration: {}", good.display()),
+        "ok  thing name: visible-thing".to_owned(),
+        format!(
+            "ok  proc root: {}",
+            support::fixture("proc/captured").display()
+        ),
+        "ok  security profiles: 1 (1 behaviors judged on the device, 0 skipped)".to_owned(),
+        "ok  plugin owner-enrichment".to_owned(),
+        "ok  plugin port-allowlist".to_owned(),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
+    }
+    assert!(
+        !dir.path().join("state").exists(),
+        "nothing written to the state directory"
+    );
+
+    // A plugin that does not load makes the configuration invalid.
+    std::fs::write(dir.path().join("plugins/broken.wasm"), "not wasm").expect("broken plugin");
+    let out = defender_edge()
+        .args(["config", "check"])
+        .env("DEFENDER_EDGE_CONFIG", &good)
+        .output()
+        .expect("config check");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(
+            "BAD plugin broken: failed: plugin broken: compile failed: not a WebAssembly file"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).is_empty(),
+        "said once, on stdout: {}",
+        text(&out.stderr)
+    );
+
+    // An invalid document: one line on stderr, exit 2.
+    let bad = write_json(
+        dir.path(),
+        "bad.json",
+        &json!({"report": {"intervalSeconds": 5}}),
+    );
+    let out = defender_edge()
+        .args(["config", "check", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("config check");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("report.intervalSeconds"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Item 10 under Greengrass: without --config the component configuration
+/// is read from the nucleus, and no state is reported to it.
+#[test]
+fn config_check_reads_the_component_configuration_under_greengrass() {
+    let state = tempfile::tempdir().expect("state dir");
+    for (document, code, expected) in [
+        (
+            json!({"thingName": "gg-thing", "stateDir": state.path()}),
+            0,
+            "ok  thing name: gg-thing",
+        ),
+        (
+            json!({"thingName": "gg-thing", "collect": {"procRoot": "/nonexistent"}}),
+            2,
+            "is not a proc tree",
+        ),
+    ] {
+        let nucleus = crate::ipc::TestNucleus::start_with(false, document);
+        let out = defender_edge()
+            .args(["config", "check"])
+            .env(
+                "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT",
+                &nucleus.socket,
+            )
+            .env("SVCUID", crate::ipc::SVCUID)
+            .output()
+            .expect("config check");
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(code), "{all}");
+        assert!(
+            all.contains("ok  configuration: the Greengrass component configuration"),
+            "{all}"
+        );
+        assert!(all.contains(expected), "{all}");
+        assert!(
+            nucleus.requests("UpdateState").is_empty(),
+            "no state reported"
+        );
+        nucleus.assert_no_violations();
+    }
+}
