@@ -39,7 +39,25 @@ enum Command {
     Collect(CollectArgs),
     Run(RunArgs),
     Status(StatusArgs),
-    #[command(subcommand)]
+    // `plugin compile --config` and the help's word on DEFENDER_EDGE_CONFIG
+    // are added here because plugin/cli.rs is being reworked on another
+    // branch; they belong in its `Compile` variant once that lands.
+    #[command(
+        subcommand,
+        after_help = PLUGIN_CONFIG_HELP,
+        mut_subcommand("compile", |c| c
+            .arg(
+                clap::Arg::new(PLUGIN_CONFIG_ARG)
+                    .long("config")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .env("DEFENDER_EDGE_CONFIG")
+                    .help("Configuration file whose plugins section and stateDir to use (JSON; docs/CONFIGURATION.md)"),
+            )
+            .after_help(PLUGIN_CONFIG_HELP)),
+        mut_subcommand("check", |c| c.after_help(PLUGIN_CONFIG_HELP)),
+        mut_subcommand("test", |c| c.after_help(PLUGIN_CONFIG_HELP)),
+    )]
     Plugin(defender_edge::plugin::cli::PluginCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -193,13 +211,27 @@ struct StatusArgs {
     watch: Option<Duration>,
 }
 
+/// The id of `plugin compile --config`.
+const PLUGIN_CONFIG_ARG: &str = "config_file";
+
+const PLUGIN_CONFIG_HELP: &str = "Environment: DEFENDER_EDGE_CONFIG=FILE gives the plugin commands a configuration \
+file (its plugins section: settings, limits, grants, plugins.dir; and stateDir, whose plugin-cache \
+`compile --dir` fills). Without it the embedded defaults apply.";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let plugin_config = matches
+        .subcommand_matches("plugin")
+        .and_then(|m| m.subcommand_matches("compile"))
+        .and_then(|m| m.get_one::<PathBuf>(PLUGIN_CONFIG_ARG))
+        .cloned();
     let outcome = match cli.command {
         Command::Collect(args) => collect(args),
         Command::Run(args) => run(args),
         Command::Status(args) => show_status(args),
-        Command::Plugin(cmd) => plugin(cmd),
+        Command::Plugin(cmd) => plugin(cmd, plugin_config),
         Command::Config(ConfigCommand::Check(args)) => config_check(args),
     };
     outcome.unwrap_or_else(|error| {
@@ -335,13 +367,16 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<ExitCode> {
+fn plugin(
+    cmd: defender_edge::plugin::cli::PluginCommand,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     // The plugin commands take the plugins section and the cache of the
-    // default configuration; `plugin compile` fills the cache `run` uses.
-    let config = match std::env::var_os("DEFENDER_EDGE_CONFIG") {
-        Some(path) => Config::load(std::path::Path::new(&path))?,
-        None => Config::default(),
-    };
+    // configuration (`compile --config`, DEFENDER_EDGE_CONFIG, else the
+    // defaults); `plugin compile` fills the cache `run` uses.
+    let config_file =
+        config_file.or_else(|| std::env::var_os("DEFENDER_EDGE_CONFIG").map(PathBuf::from));
+    let config = load_config(config_file.as_ref())?;
     init_logging(&config.log_level);
     // Only `compile --dir` uses the cache: the others (and precompiling for
     // a device on a build machine) leave no state folder behind.

@@ -641,3 +641,61 @@ fn config_check_reads_the_component_configuration_under_greengrass() {
         nucleus.assert_no_violations();
     }
 }
+
+/// Item 13: `plugin compile` takes `--config` (its plugins.dir and
+/// stateDir), and the plugin commands' help names DEFENDER_EDGE_CONFIG.
+#[test]
+fn plugin_compile_takes_a_configuration_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).expect("plugins dir");
+    std::fs::copy(
+        crate::plugins::wasm("owner-enrichment"),
+        plugins.join("owner-enrichment.wasm"),
+    )
+    .expect("copy plugin");
+    let state = dir.path().join("state");
+    let config = write_json(
+        dir.path(),
+        "config.json",
+        &json!({"stateDir": state, "plugins": {"dir": plugins}}),
+    );
+    let out = defender_edge()
+        .current_dir(dir.path())
+        .args(["plugin", "compile", "--config"])
+        .arg(&config)
+        .output()
+        .expect("plugin compile");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let cached = std::fs::read_dir(state.join("plugin-cache"))
+        .expect("the configuration's stateDir holds the cache")
+        .count();
+    assert!(cached > 0, "the plugin was compiled into the cache");
+    assert!(
+        !dir.path().join("defender-edge-state").exists(),
+        "the default state directory is not used"
+    );
+
+    let out = defender_edge()
+        .current_dir(dir.path())
+        .args(["plugin", "compile"])
+        .output()
+        .expect("plugin compile");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("plugins.dir"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    for command in ["compile", "check", "test"] {
+        let out = defender_edge()
+            .args(["plugin", command, "--help"])
+            .output()
+            .expect("help");
+        assert!(
+            text(&out.stdout).contains("DEFENDER_EDGE_CONFIG"),
+            "plugin {command} --help names DEFENDER_EDGE_CONFIG"
+        );
+    }
+}
