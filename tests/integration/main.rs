@@ -4,6 +4,7 @@ mod cli;
 mod collect;
 mod delivery;
 mod detect;
+mod docs;
 #[cfg(feature = "firehose")]
 mod firehose;
 mod golden;
