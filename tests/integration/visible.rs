@@ -47,15 +47,7 @@ fn starts_with_clock(line: &str) -> bool {
 /// port-allowlist plugin that allows every port but UDP 57588, and the
 /// owner-enrichment plugin.
 fn finding_config(dir: &Path) -> PathBuf {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).expect("plugins dir");
-    for name in ["port-allowlist", "owner-enrichment"] {
-        std::fs::copy(
-            crate::plugins::wasm(name),
-            plugins.join(format!("{name}.wasm")),
-        )
-        .expect("copy plugin");
-    }
+    let plugins = crate::plugins::plugin_folder(dir, &["port-allowlist", "owner-enrichment"]);
     write_json(
         dir,
         "config.json",
@@ -647,13 +639,7 @@ fn config_check_reads_the_component_configuration_under_greengrass() {
 #[test]
 fn plugin_compile_takes_a_configuration_file() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("plugins dir");
-    std::fs::copy(
-        crate::plugins::wasm("owner-enrichment"),
-        plugins.join("owner-enrichment.wasm"),
-    )
-    .expect("copy plugin");
+    let plugins = crate::plugins::plugin_folder(dir.path(), &["owner-enrichment"]);
     let state = dir.path().join("state");
     let config = write_json(
         dir.path(),
