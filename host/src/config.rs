@@ -59,18 +59,23 @@ impl Default for Config {
     }
 }
 
-/// Where `run` writes each report as one NDJSON line, besides publishing it.
+/// Where `run` writes each report as one NDJSON line, besides publishing it,
+/// and the alarms, plugin alerts and annotations it finds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutputConfig {
     /// `"-"` for standard output, a file path to append to, or `null` for none.
     pub ndjson: Option<String>,
+    /// The same for the event lines (`{"type": "alarm" | "alert" |
+    /// "annotations", ...}`).
+    pub events: Option<String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             ndjson: Some("-".to_owned()),
+            events: Some("-".to_owned()),
         }
     }
 }
@@ -145,7 +150,10 @@ impl Config {
 }
 
 fn describe<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    // A syntax error has no key: the path ends in `?` where the parser
+    // stopped. The inner error gives the line and column.
     let path = e.path().to_string();
+    let path = path.trim_end_matches('?').trim_end_matches('.');
     if path == "." || path.is_empty() {
         e.inner().to_string()
     } else {

@@ -112,6 +112,7 @@ impl Pipeline {
         window: Window,
     ) -> anyhow::Result<Pipeline> {
         let thing = thing_name(config)?;
+        crate::collect::check_proc_root(&config.collect.proc_root)?;
         let plugins = match config.plugins.dir {
             Some(_) => Some(PluginHost::start(
                 &config.plugins,
@@ -149,6 +150,7 @@ impl Pipeline {
     /// running pipeline stops.
     pub fn check(config: &Config) -> anyhow::Result<()> {
         thing_name(config)?;
+        crate::collect::check_proc_root(&config.collect.proc_root)?;
         if let Some(dir) = &config.plugins.dir {
             anyhow::ensure!(
                 dir.is_dir(),

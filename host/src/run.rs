@@ -30,10 +30,10 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::detect::AlarmEvent;
+use crate::detect::{AlarmEvent, AlarmState};
 use crate::greengrass::Nucleus;
 use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
-use crate::output::NdjsonOutput;
+use crate::output::{Event, Output, Target};
 use crate::pipeline::{Outcome, Passed, Pipeline, Throttle, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
 use crate::publish::firehose::SiemSink;
@@ -92,6 +92,9 @@ pub struct RunOptions {
     /// Follow Greengrass configuration updates (the configuration came from
     /// the nucleus, not from a local file).
     pub live_configuration: bool,
+    /// Readable lines instead of NDJSON on standard output (`--human`, or
+    /// standard output is a terminal).
+    pub human: bool,
 }
 
 /// When the next report is due. Kept across sessions, so a configuration
@@ -133,7 +136,14 @@ pub async fn run(
     let mut previous: Option<Config> = None;
     let mut clock = ReportClock::default();
     loop {
-        let mut session = match Session::start(&config, nucleus.as_ref(), status.clone()).await {
+        let mut session = match Session::start(
+            &config,
+            nucleus.as_ref(),
+            status.clone(),
+            options.human,
+        )
+        .await
+        {
             Ok(session) => session,
             Err(error) => match previous.take() {
                 Some(old) => {
@@ -225,7 +235,7 @@ struct Session {
     pipeline: Pipeline,
     state: StateDir,
     status: Status,
-    output: NdjsonOutput,
+    output: Output,
     transport: Option<Arc<AnyTransport>>,
     publisher: Option<(DefenderHandle, JoinHandle<()>)>,
     siem: SiemSink,
@@ -244,6 +254,7 @@ impl Session {
         config: &Config,
         nucleus: Option<&Nucleus>,
         status: Status,
+        human: bool,
     ) -> anyhow::Result<Session> {
         let state = StateDir::open(&config.state_dir)?;
         // Loading compiles and instantiates plugins, and wasmtime-wasi
@@ -259,7 +270,11 @@ impl Session {
         })?;
         let thing = pipeline.thing().to_owned();
         status.set_text("run.thing", thing.clone());
-        let output = NdjsonOutput::open(config.output.ndjson.as_deref())?;
+        let output = Output::new(
+            Target::open(config.output.ndjson.as_deref(), "output.ndjson")?,
+            Target::open(config.output.events.as_deref(), "output.events")?,
+            human,
+        );
         let ipc = nucleus.map(Nucleus::client);
 
         let kind = config
@@ -425,6 +440,27 @@ impl Session {
         let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
+        for alarm in &tick.alarms {
+            // `status` lists the open alarms.
+            let key = format!("alarm.{}", alarm.key());
+            match alarm.state {
+                AlarmState::Alarm => self.status.set_text(
+                    &key,
+                    format!(
+                        "since {} UTC: {}",
+                        crate::status::format_utc(alarm.violation_start_ms),
+                        alarm.finding()
+                    ),
+                ),
+                AlarmState::Clear => self.status.remove(&key),
+            }
+            self.output.event(Event {
+                kind: "alarm",
+                timestamp_ms: alarm.timestamp_ms,
+                fields: serde_json::to_value(alarm).unwrap_or_default(),
+                human: alarm.human(),
+            })?;
+        }
         let Passed { sample, id, report } = match tick.outcome {
             Outcome::Passed(passed) => *passed,
             Outcome::Held { plugin, reason } => {
@@ -438,6 +474,7 @@ impl Session {
                 return Ok(report_due);
             }
         };
+        self.output.sample_events(&sample)?;
         if let Some(id) = id {
             self.siem.submit(&sample, id, report.is_some()).await;
         }
@@ -453,7 +490,8 @@ impl Session {
                         .with_context(|| format!("storing report {id} in the outbox"))?;
                     self.submitted = true;
                 }
-                self.output.write(&prepared.report, self.format)?;
+                self.output
+                    .report(&prepared.report, self.format, now_ms())?;
             }
             Some(Err(error)) => {
                 error!(report_id = id, %error, "report failed validation; not sent");

@@ -5,6 +5,7 @@ mod cli;
 mod collect;
 mod delivery;
 mod detect;
+mod docs;
 #[cfg(feature = "firehose")]
 mod firehose;
 mod golden;
@@ -18,3 +19,4 @@ mod run;
 mod splunk;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;
+mod visible;

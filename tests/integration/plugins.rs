@@ -66,6 +66,17 @@ pub fn wasm(crate_name: &str) -> PathBuf {
     path
 }
 
+/// `<dir>/plugins` holding the built example `names`, each under its plugin
+/// name (`owner-enrichment.wasm`), as a host's plugin folder.
+pub fn plugin_folder(dir: &Path, names: &[&str]) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for name in names {
+        std::fs::copy(wasm(name), plugins.join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    plugins
+}
+
 /// Log lines written while `f` ran on this thread.
 #[derive(Clone, Default)]
 pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);

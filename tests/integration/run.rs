@@ -553,13 +553,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
 #[test]
 fn run_loads_a_plugin_with_a_directory_grant() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("plugins dir");
-    std::fs::copy(
-        crate::plugins::wasm("system-metrics"),
-        plugins.join("system-metrics.wasm"),
-    )
-    .expect("copy plugin");
+    let plugins = crate::plugins::plugin_folder(dir.path(), &["system-metrics"]);
     let config = json!({
         "stateDir": dir.path().join("state"),
         "plugins": {"dir": plugins, "settings": {"system-metrics": {

@@ -8,6 +8,47 @@ use serde_json::Value;
 
 use crate::sample::{Alert, AlertOrigin, Severity};
 
+/// A metric value for a person: `port 2121`, `ports 2121, 8080`, `count 57`,
+/// `10.1.2.3`, `3.5`.
+fn describe(value: &Value) -> String {
+    let Some(object) = value.as_object() else {
+        return value.to_string();
+    };
+    match object.iter().next() {
+        Some((key, inner)) => match (key.as_str(), inner) {
+            ("ports", Value::Array(ports)) if ports.len() == 1 => format!("port {}", list(inner)),
+            ("ports", _) => format!("ports {}", list(inner)),
+            ("count", _) => format!("count {}", list(inner)),
+            _ => list(inner),
+        },
+        None => value.to_string(),
+    }
+}
+
+/// A criteria or metric value as a plain list: `22, 8883`, `50`, `10.0.0.0/8`.
+fn list(value: &Value) -> String {
+    match value {
+        Value::Array(items) => items.iter().map(list).collect::<Vec<_>>().join(", "),
+        Value::Object(object) if object.len() == 1 => object.values().map(list).collect(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a violation of `operator` means: Device Defender's criteria say what
+/// is expected, an alarm is its opposite.
+fn broken(operator: &str) -> &'static str {
+    match operator {
+        "less-than" => ">=",
+        "less-than-equals" => ">",
+        "greater-than" => "<=",
+        "greater-than-equals" => "<",
+        "in-port-set" | "in-cidr-set" | "in-set" => "not in",
+        "not-in-port-set" | "not-in-cidr-set" | "not-in-set" => "in",
+        _ => "breaks",
+    }
+}
+
 /// Whether a violation started or ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +135,45 @@ impl AlarmEvent {
                 self.thing, self.behavior, self.profile, self.metric, shown
             ),
             attributes,
+        }
+    }
+
+    /// The line a person reads, without its time: for an alarm what broke
+    /// the criteria and the expectation it broke
+    /// (`ALARM DeviceRuleBaseline/UnexpectedListeningTcpPorts port 2121 (not in 22, 8883)`),
+    /// for a clear the behavior and when its alarm began.
+    pub fn human(&self) -> String {
+        let who = self.key();
+        match self.state {
+            AlarmState::Clear => format!(
+                "CLEAR {who} (alarm since {} UTC)",
+                crate::output::clock(self.violation_start_ms)
+            ),
+            AlarmState::Alarm => format!("ALARM {who} {}", self.finding()),
+        }
+    }
+
+    /// `<profile>/<behavior>`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.profile, self.behavior)
+    }
+
+    /// What broke the criteria, and the expectation it broke:
+    /// `port 2121 (not in 22, 8883)`, `count 57 (>= 50)`.
+    pub fn finding(&self) -> String {
+        let seen = describe(self.offending.as_ref().unwrap_or(&self.value));
+        let expected = match self.threshold {
+            Some(threshold) => Some(threshold.to_string()),
+            None => self.criteria.get("value").map(list),
+        };
+        let operator = self
+            .criteria
+            .get("comparisonOperator")
+            .and_then(Value::as_str)
+            .map(broken);
+        match (operator, expected) {
+            (Some(operator), Some(expected)) => format!("{seen} ({operator} {expected})"),
+            _ => seen,
         }
     }
 

@@ -84,6 +84,17 @@ impl Nucleus {
         })
     }
 
+    /// The component configuration when the process runs as a Greengrass
+    /// component, `None` elsewhere; reports no state to the nucleus (for
+    /// `config check`).
+    pub async fn read_configuration(status: &Status) -> anyhow::Result<Option<Config>> {
+        let Some(endpoint) = IpcEndpoint::from_env() else {
+            return Ok(None);
+        };
+        let nucleus = Nucleus::connect(&endpoint, None, status).await?;
+        Ok(Some(nucleus.configuration().await?))
+    }
+
     /// Connects with the client settings of `publish.ipc`, or the defaults.
     async fn connect(
         endpoint: &IpcEndpoint,
