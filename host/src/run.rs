@@ -264,8 +264,13 @@ impl Session {
                 dir.display()
             );
         }
-        Detector::new(&config.detection, &config.state_dir, &Status::new())
-            .context("key `detection`")?;
+        Detector::new(
+            &config.detection,
+            &config.state_dir,
+            &Status::new(),
+            Duration::from_secs(config.report.interval_seconds),
+        )
+        .context("key `detection`")?;
         Ok(())
     }
 
@@ -291,8 +296,13 @@ impl Session {
             }
             None => None,
         };
-        let detector = Detector::new(&config.detection, state.path(), &status)
-            .context("loading the security profiles (detection)")?;
+        let detector = Detector::new(
+            &config.detection,
+            state.path(),
+            &status,
+            Duration::from_secs(config.report.interval_seconds),
+        )
+        .context("loading the security profiles (detection)")?;
         let output = NdjsonOutput::open(config.output.ndjson.as_deref())?;
         let network: NetworkState = state.load(RUN_NETWORK_STATE).unwrap_or_default();
 
@@ -458,7 +468,9 @@ impl Session {
         } else {
             None
         };
-        let mut alarms = self.detector.evaluate_device(&sample, sample.timestamp_ms);
+        let mut alarms = self
+            .detector
+            .evaluate_device(&sample, sample.timestamp_ms, report_due);
         sample
             .alerts
             .extend(alarms.iter().map(AlarmEvent::to_alert));
@@ -479,7 +491,9 @@ impl Session {
             None => Some(sample),
         };
         if let Some(sample) = &mut sample {
-            let custom = self.detector.evaluate_custom(sample, sample.timestamp_ms);
+            let custom = self
+                .detector
+                .evaluate_custom(sample, sample.timestamp_ms, report_due);
             sample
                 .alerts
                 .extend(custom.iter().map(AlarmEvent::to_alert));

@@ -429,7 +429,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
             "thingName": "edge-e2e",
             "stateDir": state.path(),
             "output": {"ndjson": null},
-            "detection": {"intervalSeconds": "1", "profiles": [{
+            "detection": {"intervalSeconds": "1", "perSample": ["NoRogueListener"], "profiles": [{
                 "securityProfileName": "NoRogueListener",
                 "behaviors": [{
                     "name": "RoguePortClosed",

@@ -39,7 +39,7 @@ use alarm::{AlarmMachine, Transition};
 use criteria::{AddressItem, Check, Threshold};
 use metric::{Metric, Shape};
 use profile::{Behavior, LoadedProfile};
-use statistics::{History, SavedHistory, TrafficWindow};
+use statistics::{History, PeriodSums, SavedHistory, TrafficWindow};
 
 pub use event::{AlarmEvent, AlarmState};
 pub use profile::ProfileError;
@@ -82,6 +82,10 @@ pub struct DetectionConfig {
     /// Also send alarm events to the Firehose (SIEM) sink.
     #[serde(deserialize_with = "crate::config::lenient::bool")]
     pub send_to_firehose: bool,
+    /// Behaviors judged on every detection sample rather than once per
+    /// report period: `Profile`, `Profile/Behavior`, or `*` for all. An
+    /// opt-in: their consecutive datapoints count samples, not reports.
+    pub per_sample: Vec<String>,
 }
 
 impl Default for DetectionConfig {
@@ -97,6 +101,7 @@ impl Default for DetectionConfig {
             alarm_topic: DEFAULT_ALARM_TOPIC.to_owned(),
             local_topic: DEFAULT_LOCAL_TOPIC.to_owned(),
             send_to_firehose: true,
+            per_sample: Vec::new(),
         }
     }
 }
@@ -147,6 +152,14 @@ impl DetectionConfig {
         }
         check_topic("detection.alarmTopic", &self.alarm_topic)?;
         check_topic("detection.localTopic", &self.local_topic)?;
+        for (i, entry) in self.per_sample.iter().enumerate() {
+            let parts: Vec<&str> = entry.split('/').collect();
+            if entry != "*" && (parts.len() > 2 || parts.iter().any(|p| p.is_empty())) {
+                return Err(format!(
+                    "detection.perSample[{i}]: `{entry}` is not `*`, `Profile` or `Profile/Behavior`"
+                ));
+            }
+        }
         for (i, value) in self.profiles.iter().enumerate() {
             profile::compile(value.clone(), &format!("detection.profiles[{i}]"))
                 .map_err(|e| e.to_string())?;
@@ -197,6 +210,10 @@ pub enum DetectError {
         first: String,
         second: String,
     },
+    #[error(
+        "detection.perSample: `{0}` names no loaded profile or behavior (write `Profile` or `Profile/Behavior`)"
+    )]
+    UnknownPerSample(String),
     #[error("cannot save detection state to {path}: {source}")]
     Save {
         path: PathBuf,
@@ -209,8 +226,17 @@ pub enum DetectError {
 struct Judged {
     behavior: Behavior,
     alarm: AlarmMachine,
-    /// Traffic metrics: the deltas of the last `durationSeconds`.
+    /// Judged on every sample (`perSample`) rather than once per report
+    /// period.
+    per_sample: bool,
+    /// Traffic metrics judged per sample: the deltas of the last
+    /// `durationSeconds`.
     window: Option<TrafficWindow>,
+    /// Traffic metrics judged per report period: the period sums.
+    periods: Option<PeriodSums>,
+    /// How many report periods a traffic datapoint sums: `durationSeconds`
+    /// in whole periods, rounded up.
+    periods_per_datapoint: usize,
     /// Statistical behaviors: the baseline.
     history: Option<History>,
     /// A custom metric of the wrong type was reported; warned once.
@@ -244,6 +270,8 @@ const STATE_VERSION: u32 = 1;
 pub struct Detector {
     active: bool,
     interval: Duration,
+    /// One datapoint, for behaviors judged per report period.
+    report_period: Duration,
     behaviors: Vec<Judged>,
     min_datapoints: usize,
     state_path: PathBuf,
@@ -258,14 +286,18 @@ pub struct Detector {
 
 impl Detector {
     /// Loads profiles (files + inline), restores statistics from `state_dir`.
+    /// `report_period` is `report.intervalSeconds`: one datapoint of a
+    /// behavior that is not judged per sample.
     pub fn new(
         config: &DetectionConfig,
         state_dir: &Path,
         status: &Status,
+        report_period: Duration,
     ) -> Result<Detector, DetectError> {
         let mut detector = Detector {
             active: false,
             interval: Duration::from_secs(config.interval_seconds.max(1)),
+            report_period: report_period.max(Duration::from_secs(1)),
             behaviors: Vec::new(),
             min_datapoints: config.statistics_min_datapoints.max(1),
             state_path: state_dir.join(STATE_FILE),
@@ -315,7 +347,26 @@ impl Detector {
                 skipped += 1;
             }
             for behavior in loaded.behaviors {
-                detector.behaviors.push(Judged::new(behavior, config));
+                let per_sample = config.per_sample.iter().any(|entry| {
+                    entry == "*" || *entry == behavior.profile || *entry == behavior.key()
+                });
+                detector.behaviors.push(Judged::new(
+                    behavior,
+                    config,
+                    per_sample,
+                    detector.report_period,
+                ));
+            }
+        }
+        for entry in &config.per_sample {
+            let known = entry == "*"
+                || seen.contains_key(entry)
+                || detector
+                    .behaviors
+                    .iter()
+                    .any(|j| j.behavior.key() == *entry);
+            if !known {
+                return Err(DetectError::UnknownPerSample(entry.clone()));
             }
         }
         detector.active = !detector.behaviors.is_empty();
@@ -355,7 +406,15 @@ impl Detector {
     ///
     /// `sample.network_stats` must be the traffic since the previous call
     /// (one detection interval), not a report's five-minute sum.
-    pub fn evaluate_device(&mut self, sample: &Sample, now_ms: u64) -> Vec<AlarmEvent> {
+    /// `period_closed`: this sample ends a report period (it makes a
+    /// report). Behaviors judged per report period give a datapoint only
+    /// then; between, their traffic is summed and their baseline fed.
+    pub fn evaluate_device(
+        &mut self,
+        sample: &Sample,
+        now_ms: u64,
+        period_closed: bool,
+    ) -> Vec<AlarmEvent> {
         // The span of this sample's traffic delta: the time since the
         // previous evaluation. Unknown for the first one after a start (the
         // delta may cover downtime), and after the clock stepped back.
@@ -370,16 +429,26 @@ impl Detector {
             if self.behaviors[index].behavior.metric.is_custom() {
                 continue;
             }
-            let datapoint =
-                self.behaviors[index].device_datapoint(&view, span_ms, now_ms, self.min_datapoints);
+            let judged = &mut self.behaviors[index];
+            let judge_now = judged.per_sample || period_closed;
+            let datapoint = judged
+                .device_datapoint(&view, span_ms, now_ms, period_closed, self.min_datapoints)
+                .judged_only_if(judge_now);
             self.apply(index, datapoint, sample, now_ms, &mut events);
         }
         self.status.add("detect.evaluations", 1);
         events
     }
 
-    /// Judges custom metrics (after plugins added them).
-    pub fn evaluate_custom(&mut self, sample: &Sample, now_ms: u64) -> Vec<AlarmEvent> {
+    /// Judges custom metrics (after plugins added them). `period_closed` as
+    /// for [`Detector::evaluate_device`]: a custom metric judged per report
+    /// period gives its datapoint from the sample that ends the period.
+    pub fn evaluate_custom(
+        &mut self,
+        sample: &Sample,
+        now_ms: u64,
+        period_closed: bool,
+    ) -> Vec<AlarmEvent> {
         let mut events = Vec::new();
         for index in 0..self.behaviors.len() {
             let value = match &self.behaviors[index].behavior.metric {
@@ -403,7 +472,8 @@ impl Detector {
                         }
                         self.status.add("detect.type_mismatches", 1);
                     }
-                    datapoint
+                    let judge_now = judged.per_sample || period_closed;
+                    datapoint.judged_only_if(judge_now)
                 }
             };
             self.apply(index, datapoint, sample, now_ms, &mut events);
@@ -633,6 +703,20 @@ enum Datapoint<'a> {
     },
 }
 
+impl<'a> Datapoint<'a> {
+    /// Between two report periods a behavior judged per period gives no
+    /// datapoint; what its baseline recorded still counts.
+    fn judged_only_if(self, judge_now: bool) -> Datapoint<'a> {
+        match self {
+            Datapoint::Judged { recorded, .. } if !judge_now => match recorded {
+                true => Datapoint::Recorded,
+                false => Datapoint::None,
+            },
+            other => other,
+        }
+    }
+}
+
 /// The value judged, kept to describe it in an event.
 enum Observed<'a> {
     Number(f64),
@@ -759,7 +843,12 @@ fn port_numbers(ports: &[ListeningPort]) -> Vec<u16> {
 }
 
 impl Judged {
-    fn new(behavior: Behavior, config: &DetectionConfig) -> Judged {
+    fn new(
+        behavior: Behavior,
+        config: &DetectionConfig,
+        per_sample: bool,
+        report_period: Duration,
+    ) -> Judged {
         let statistical = matches!(
             behavior.check,
             Check::Compare {
@@ -767,13 +856,22 @@ impl Judged {
                 ..
             }
         );
-        let window = (behavior.metric.shape() == Shape::Traffic).then(TrafficWindow::default);
+        let traffic = behavior.metric.shape() == Shape::Traffic;
+        let window = (traffic && per_sample).then(TrafficWindow::default);
+        let periods = (traffic && !per_sample).then(PeriodSums::default);
+        let period_ms = u64::try_from(report_period.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let periods_per_datapoint = behavior.period_ms().div_ceil(period_ms).max(1) as usize;
         let history =
             statistical.then(|| History::new(config.statistics_window, behavior.period_ms()));
         Judged {
             behavior,
             alarm: AlarmMachine::default(),
+            per_sample,
             window,
+            periods,
+            periods_per_datapoint,
             history,
             warned_type: false,
         }
@@ -803,6 +901,7 @@ impl Judged {
         view: &'a DeviceView<'a>,
         span_ms: Option<u64>,
         now_ms: u64,
+        period_closed: bool,
         min_datapoints: usize,
     ) -> Datapoint<'a> {
         let metric = &self.behavior.metric;
@@ -825,7 +924,7 @@ impl Judged {
             ),
             Metric::BytesIn | Metric::BytesOut | Metric::PacketsIn | Metric::PacketsOut => {
                 let amount = view.traffic(metric);
-                self.judge_traffic(amount, span_ms, now_ms, min_datapoints)
+                self.judge_traffic(amount, span_ms, now_ms, period_closed, min_datapoints)
             }
             Metric::Custom(_) => Datapoint::None,
         }
@@ -904,13 +1003,17 @@ impl Judged {
         }
     }
 
-    /// Traffic: the sum of the deltas of the last `durationSeconds` (300 s if
-    /// absent). Until the window is full, only a conclusive datapoint counts.
+    /// Traffic: the sum of the last `durationSeconds` (300 s if absent): per
+    /// report period, the sum of that many whole periods, judged when a
+    /// period closes; per sample, a sliding window judged every sample.
+    /// Until the sum covers the whole duration, only a conclusive datapoint
+    /// counts.
     fn judge_traffic<'a>(
         &mut self,
         amount: Option<u64>,
         span_ms: Option<u64>,
         now_ms: u64,
+        period_closed: bool,
         min_datapoints: usize,
     ) -> Datapoint<'a> {
         let Check::Compare { op, threshold } = self.behavior.check else {
@@ -923,18 +1026,26 @@ impl Judged {
             if let Some(w) = &mut self.window {
                 w.reset();
             }
+            if let Some(p) = &mut self.periods {
+                p.reset(period_closed);
+            }
             if let Some(h) = &mut self.history {
                 h.start(now_ms);
             }
             return Datapoint::None;
         };
         let resolved = self.threshold(min_datapoints);
-        let Some(window) = &mut self.window else {
-            return Datapoint::None;
+        let judged = match (&mut self.window, &mut self.periods) {
+            (Some(window), _) => {
+                window.push(now_ms, span, amount, window_ms);
+                Some((window.total(), window.is_full(window_ms)))
+            }
+            (None, Some(periods)) => {
+                periods.add(amount);
+                period_closed.then(|| periods.close(self.periods_per_datapoint))
+            }
+            (None, None) => return Datapoint::None,
         };
-        window.push(now_ms, span, amount, window_ms);
-        let total = window.total();
-        let full = window.is_full(window_ms);
         let recorded = self
             .history
             .as_mut()
@@ -943,6 +1054,9 @@ impl Judged {
             Datapoint::Recorded
         } else {
             Datapoint::None
+        };
+        let Some((total, full)) = judged else {
+            return none;
         };
         let Some(limit) = resolved else {
             return none;
@@ -962,5 +1076,7 @@ impl Judged {
     }
 }
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

@@ -22,12 +22,15 @@ fn config(profiles: Vec<Value>) -> DetectionConfig {
     DetectionConfig {
         profiles,
         statistics_min_datapoints: 3,
+        // These tables test the judgement of each datapoint; the report
+        // period is the subject of the conformance scenarios.
+        per_sample: vec!["*".to_owned()],
         ..DetectionConfig::default()
     }
 }
 
 fn detector_in(dir: &Path, config: &DetectionConfig) -> Detector {
-    Detector::new(config, dir, &Status::new()).expect("detector")
+    Detector::new(config, dir, &Status::new(), Duration::from_secs(300)).expect("detector")
 }
 
 fn ports(numbers: &[u16]) -> Vec<ListeningPort> {
@@ -90,8 +93,8 @@ fn violates(metric: &str, criteria: Value, s: &Sample) -> bool {
     assert!(d.is_active(), "{metric} should be judged locally");
     let mut events = Vec::new();
     for now in [1_000, 1_000 + PERIOD_MS] {
-        events.extend(d.evaluate_device(s, now));
-        events.extend(d.evaluate_custom(s, now));
+        events.extend(d.evaluate_device(s, now, true));
+        events.extend(d.evaluate_custom(s, now, true));
     }
     alarms(&events) > 0
 }
@@ -802,7 +805,13 @@ fn cloud_side_ml_and_dimension_behaviors_are_counted_and_skipped() {
     ]});
     let dir = tempfile::tempdir().expect("temp dir");
     let status = Status::new();
-    let d = Detector::new(&config(vec![profile]), dir.path(), &status).expect("loads");
+    let d = Detector::new(
+        &config(vec![profile]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("loads");
     assert!(d.is_active());
     assert_eq!(status.number("detect.behaviors"), 1);
     assert_eq!(status.number("detect.behaviors_skipped"), 4);
@@ -811,7 +820,13 @@ fn cloud_side_ml_and_dimension_behaviors_are_counted_and_skipped() {
     let only_cloud = json!({"securityProfileName": "Cloud", "behaviors": [
         {"name": "Auth", "metric": "aws:num-authorization-failures", "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}
     ]});
-    let d = Detector::new(&config(vec![only_cloud]), dir.path(), &status).expect("loads");
+    let d = Detector::new(
+        &config(vec![only_cloud]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("loads");
     assert!(!d.is_active());
 }
 
@@ -836,7 +851,7 @@ fn consecutive_datapoints_drive_alarm_and_clear_with_a_stable_id() {
     let mut trace = String::new();
     let mut events = Vec::new();
     for (i, s) in sequence.iter().enumerate() {
-        let e = d.evaluate_device(s, 10_000 * (i as u64 + 1));
+        let e = d.evaluate_device(s, 10_000 * (i as u64 + 1), true);
         trace.push(match e.first().map(|e| e.state) {
             Some(AlarmState::Alarm) => 'A',
             Some(AlarmState::Clear) => 'C',
@@ -866,7 +881,7 @@ fn consecutive_datapoints_drive_alarm_and_clear_with_a_stable_id() {
     // The next alarm is a new violation.
     let mut again = Vec::new();
     for i in 0..2 {
-        again.extend(d.evaluate_device(&bad, 200_000 + i * 10_000));
+        again.extend(d.evaluate_device(&bad, 200_000 + i * 10_000, true));
     }
     assert_eq!(alarms(&again), 1);
     assert_ne!(again[0].violation_id, alarm.violation_id);
@@ -884,6 +899,7 @@ fn alarm_events_become_alerts_and_json() {
             ..sample()
         },
         5_000,
+        true,
     );
     let event = &events[0];
     let alert = event.to_alert();
@@ -936,7 +952,7 @@ fn traffic_is_summed_over_duration_and_judged_early_only_when_conclusive() {
     let mut d = detector_in(dir.path(), &config(vec![profile]));
     let mut log: Vec<(u64, String, AlarmState)> = Vec::new();
     fn run(log: &mut Vec<(u64, String, AlarmState)>, d: &mut Detector, t: u64, n: u64) {
-        for e in d.evaluate_device(&bytes_out(n), t) {
+        for e in d.evaluate_device(&bytes_out(n), t, true) {
             log.push((t, e.behavior.clone(), e.state));
         }
     }
@@ -982,7 +998,7 @@ fn traffic_is_summed_over_duration_and_judged_early_only_when_conclusive() {
     // A sample without an honest delta (counter reset) restarts the window:
     // the partial window after it is inconclusive for "at least".
     let before = log.len();
-    d.evaluate_device(&sample(), 620_000);
+    d.evaluate_device(&sample(), 620_000, true);
     run(&mut log, &mut d, 630_000, 1);
     assert_eq!(log.len(), before, "{log:?}");
 }
@@ -1010,12 +1026,12 @@ fn exfiltration_run(profile: Value, last: u64) -> Vec<AlarmEvent> {
         ..sample()
     };
     let mut events = Vec::new();
-    d.evaluate_device(&packets_out(0), 0);
+    d.evaluate_device(&packets_out(0), 0, true);
     let quiet = [109, 100, 105, 101, 108, 102, 107, 103, 106, 104];
     for (i, n) in quiet.into_iter().enumerate() {
-        events.extend(d.evaluate_device(&packets_out(n), (i as u64 + 1) * PERIOD_MS));
+        events.extend(d.evaluate_device(&packets_out(n), (i as u64 + 1) * PERIOD_MS, true));
     }
-    events.extend(d.evaluate_device(&packets_out(last), 11 * PERIOD_MS));
+    events.extend(d.evaluate_device(&packets_out(last), 11 * PERIOD_MS, true));
     events
 }
 
@@ -1069,9 +1085,9 @@ fn statistics_and_alarms_survive_a_new_detector() {
     let mut d = detector_in(dir.path(), &cfg);
     // Ten periods of 5 connections: the baseline's p90 is 5.
     for i in 0..=10 {
-        assert!(d.evaluate_device(&conns(5), i * PERIOD_MS).is_empty());
+        assert!(d.evaluate_device(&conns(5), i * PERIOD_MS, true).is_empty());
     }
-    let raised = d.evaluate_device(&conns(50), 10 * PERIOD_MS + 10_000);
+    let raised = d.evaluate_device(&conns(50), 10 * PERIOD_MS + 10_000, true);
     assert_eq!(alarms(&raised), 1);
     assert_eq!(raised[0].threshold, Some(5.0));
     d.save(10 * PERIOD_MS + 10_000, false).expect("save");
@@ -1080,22 +1096,22 @@ fn statistics_and_alarms_survive_a_new_detector() {
     // A new process: the baseline and the open alarm are still there, so
     // conforming data clears the alarm under its original id.
     let mut restarted = detector_in(dir.path(), &cfg);
-    let cleared = restarted.evaluate_device(&conns(5), 11 * PERIOD_MS);
+    let cleared = restarted.evaluate_device(&conns(5), 11 * PERIOD_MS, true);
     assert_eq!(cleared.len(), 1, "{cleared:?}");
     assert_eq!(cleared[0].state, AlarmState::Clear);
     assert_eq!(cleared[0].violation_id, raised[0].violation_id);
-    let again = restarted.evaluate_device(&conns(50), 11 * PERIOD_MS + 10_000);
+    let again = restarted.evaluate_device(&conns(50), 11 * PERIOD_MS + 10_000, true);
     assert_eq!(alarms(&again), 1, "the restored baseline judges at once");
 
     // Without the file there is no baseline yet, hence no judgement.
     let empty = tempfile::tempdir().expect("temp dir");
     let mut fresh = detector_in(empty.path(), &cfg);
-    assert!(fresh.evaluate_device(&conns(50), 0).is_empty());
+    assert!(fresh.evaluate_device(&conns(50), 0, true).is_empty());
 
     // A corrupt file costs the baseline, not the start.
     std::fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
     let mut corrupt = detector_in(dir.path(), &cfg);
-    assert!(corrupt.evaluate_device(&conns(50), 0).is_empty());
+    assert!(corrupt.evaluate_device(&conns(50), 0, true).is_empty());
 }
 
 #[test]
@@ -1104,13 +1120,18 @@ fn save_writes_only_when_due_and_changed() {
     let behavior = json!({"name": "Ports", "metric": "aws:listening-tcp-ports",
         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}});
     let status = Status::new();
-    let mut d = Detector::new(&config(vec![one_behavior(behavior)]), dir.path(), &status)
-        .expect("detector");
+    let mut d = Detector::new(
+        &config(vec![one_behavior(behavior)]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("detector");
     let quiet = Sample {
         listening_tcp_ports: ports(&[22]),
         ..sample()
     };
-    d.evaluate_device(&quiet, 1_000);
+    d.evaluate_device(&quiet, 1_000, true);
     d.save(1_000, true).expect("save");
     assert_eq!(status.number("detect.state_saves"), 0, "nothing changed");
     d.evaluate_device(
@@ -1119,6 +1140,7 @@ fn save_writes_only_when_due_and_changed() {
             ..sample()
         },
         2_000,
+        true,
     );
     d.save(2_000, false).expect("save");
     assert_eq!(
@@ -1126,7 +1148,7 @@ fn save_writes_only_when_due_and_changed() {
         1,
         "first save after a change"
     );
-    d.evaluate_device(&quiet, 3_000);
+    d.evaluate_device(&quiet, 3_000, true);
     d.save(3_000, false).expect("save");
     assert_eq!(status.number("detect.state_saves"), 1, "not due yet");
     d.save(3_000, true).expect("save");
@@ -1233,6 +1255,7 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
             ..sample()
         },
         1,
+        true,
     );
     let profiles: Vec<&str> = events.iter().map(|e| e.profile.as_str()).collect();
     assert_eq!(profiles, ["P", "Q"]);
@@ -1241,16 +1264,21 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         profile_paths: vec![dir.path().join("nope.json")],
         ..DetectionConfig::default()
     };
-    let error = Detector::new(&missing, dir.path(), &Status::new())
-        .expect_err("a missing file loaded")
-        .to_string();
+    let error = Detector::new(
+        &missing,
+        dir.path(),
+        &Status::new(),
+        Duration::from_secs(300),
+    )
+    .expect_err("a missing file loaded")
+    .to_string();
     assert!(error.contains("nope.json"), "{error}");
 
     let twice = DetectionConfig {
         profile_paths: vec![file.clone(), file.clone()],
         ..DetectionConfig::default()
     };
-    let error = Detector::new(&twice, dir.path(), &Status::new())
+    let error = Detector::new(&twice, dir.path(), &Status::new(), Duration::from_secs(300))
         .expect_err("a profile given twice loaded")
         .to_string();
     assert!(error.contains("`P`") && error.contains("twice"), "{error}");
@@ -1261,8 +1289,68 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         ..DetectionConfig::default()
     };
     assert!(
-        !Detector::new(&off, dir.path(), &Status::new())
+        !Detector::new(&off, dir.path(), &Status::new(), Duration::from_secs(300))
             .expect("off")
             .is_active()
     );
+}
+
+#[test]
+fn per_sample_names_profiles_or_behaviors_and_refuses_unknown_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let profile = json!({"securityProfileName": "P", "behaviors": [
+        {"name": "A", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}},
+        {"name": "B", "metric": "aws:listening-udp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [123]}}}]});
+    let with = |per_sample: &[&str]| DetectionConfig {
+        profiles: vec![profile.clone()],
+        per_sample: per_sample.iter().map(|s| s.to_string()).collect(),
+        ..DetectionConfig::default()
+    };
+    let rogue = Sample {
+        listening_tcp_ports: ports(&[22, 4444]),
+        listening_udp_ports: ports(&[123, 5353]),
+        ..sample()
+    };
+    // Between two report ends, only the behaviors named judge.
+    for (names, judged) in [
+        (&[][..], vec![]),
+        (&["P/A"][..], vec!["A"]),
+        (&["P"][..], vec!["A", "B"]),
+        (&["*"][..], vec!["A", "B"]),
+    ] {
+        let mut d = Detector::new(
+            &with(names),
+            dir.path(),
+            &Status::new(),
+            Duration::from_secs(300),
+        )
+        .expect("loads");
+        let events = d.evaluate_device(&rogue, 10_000, false);
+        let behaviors: Vec<&str> = events.iter().map(|e| e.behavior.as_str()).collect();
+        assert_eq!(behaviors, judged, "perSample {names:?}");
+        // At the end of a report period every behavior judges.
+        let mut d = Detector::new(
+            &with(names),
+            dir.path(),
+            &Status::new(),
+            Duration::from_secs(300),
+        )
+        .expect("loads");
+        assert_eq!(d.evaluate_device(&rogue, 300_000, true).len(), 2);
+    }
+    let unknown = Detector::new(
+        &with(&["P/C"]),
+        dir.path(),
+        &Status::new(),
+        Duration::from_secs(300),
+    )
+    .expect_err("an unknown behavior was accepted")
+    .to_string();
+    assert!(unknown.contains("detection.perSample: `P/C`"), "{unknown}");
+    for bad in ["", "P/", "/A", "P/A/x"] {
+        let error = with(&[bad]).check().expect_err(bad);
+        assert!(error.starts_with("detection.perSample[0]"), "{error}");
+    }
 }
