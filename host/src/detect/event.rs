@@ -8,6 +8,10 @@ use serde_json::Value;
 
 use crate::sample::{Alert, Severity};
 
+/// The alert attribute that marks an event of a behavior with
+/// `suppressAlerts`; the Firehose events index it as `suppressed`.
+pub const SUPPRESS_ALERTS_ATTRIBUTE: &str = "suppress_alerts";
+
 /// Whether a violation started or ended, and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,9 +75,13 @@ pub struct AlarmEvent {
 
 impl AlarmEvent {
     /// The event as an alert of the sample, so plugins and the SIEM events
-    /// see it. Alarms are `high`, clears and invalidations `info`.
+    /// see it. Alarms are `high`, clears and invalidations `info`. An alarm of
+    /// a behavior with `suppressAlerts` is `low`, not paging-grade, and
+    /// carries the attribute `suppress_alerts` = `true`: the violation stays
+    /// visible, as in Device Defender, but nothing that pages fires on it.
     pub fn to_alert(&self) -> Alert {
         let (severity, verb) = match self.state {
+            AlarmState::Alarm if self.suppress_alerts => (Severity::Low, "violates"),
             AlarmState::Alarm => (Severity::High, "violates"),
             AlarmState::Clear => (Severity::Info, "no longer violates"),
             AlarmState::Invalidated => (Severity::Info, "can no longer be judged against"),
@@ -91,6 +99,9 @@ impl AlarmEvent {
         }
         if let Some(threshold) = self.threshold {
             attributes.insert("threshold".to_owned(), threshold.to_string());
+        }
+        if self.suppress_alerts {
+            attributes.insert(SUPPRESS_ALERTS_ATTRIBUTE.to_owned(), "true".to_owned());
         }
         Alert {
             source: format!("detect/{}", self.profile),
@@ -115,6 +126,48 @@ impl AlarmEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(state: AlarmState, suppress_alerts: bool) -> AlarmEvent {
+        AlarmEvent {
+            violation_id: "0123456789abcdef0123456789abcdef".to_owned(),
+            state,
+            thing: "edge-01".to_owned(),
+            profile: "P".to_owned(),
+            behavior: "B".to_owned(),
+            metric: "aws:listening-tcp-ports".to_owned(),
+            value: serde_json::json!({"ports": [22, 4444]}),
+            offending: Some(serde_json::json!({"ports": [4444]})),
+            threshold: None,
+            criteria: serde_json::json!({"comparisonOperator": "in-port-set", "value": {"ports": [22]}}),
+            violation_start_ms: 1_000,
+            timestamp_ms: 1_000,
+            suppress_alerts,
+        }
+    }
+
+    #[test]
+    fn suppress_alerts_lowers_the_alarm_and_marks_every_event() {
+        let cases = [
+            (AlarmState::Alarm, false, Severity::High),
+            (AlarmState::Alarm, true, Severity::Low),
+            (AlarmState::Clear, false, Severity::Info),
+            (AlarmState::Clear, true, Severity::Info),
+            (AlarmState::Invalidated, true, Severity::Info),
+        ];
+        for (state, suppress, severity) in cases {
+            let alert = event(state, suppress).to_alert();
+            assert_eq!(alert.severity, severity, "{state:?} suppress={suppress}");
+            assert_eq!(
+                alert
+                    .attributes
+                    .get(SUPPRESS_ALERTS_ATTRIBUTE)
+                    .map(String::as_str),
+                suppress.then_some("true"),
+                "{state:?} suppress={suppress}"
+            );
+            assert_eq!(alert.attributes["state"], state.as_str());
+        }
+    }
 
     #[test]
     fn states_serialize_as_documented() {

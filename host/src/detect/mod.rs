@@ -41,7 +41,7 @@ use metric::{Metric, Shape};
 use profile::{Behavior, LoadedProfile};
 use statistics::{History, PeriodSums, SavedHistory, TrafficWindow};
 
-pub use event::{AlarmEvent, AlarmState};
+pub use event::{AlarmEvent, AlarmState, SUPPRESS_ALERTS_ATTRIBUTE};
 pub use profile::ProfileError;
 
 /// The default `alarmTopic`.

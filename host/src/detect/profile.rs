@@ -21,6 +21,9 @@ use super::metric::{self, Classified, Metric, Shape};
 /// `durationSeconds`: one Device Defender report interval.
 pub(crate) const DEFAULT_PERIOD_SECONDS: u64 = 300;
 
+/// The `durationSeconds` Device Defender accepts for device-side metrics.
+pub(crate) const DEVICE_DURATIONS: [u64; 5] = [300, 600, 900, 1800, 3600];
+
 /// A profile that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.render())]
@@ -487,6 +490,17 @@ fn compile_behavior(
     if b.metric_dimension.is_some() {
         return skip("metric dimension: dimensions are defined and resolved in the cloud");
     }
+    if let Some(d) = duration_seconds
+        && !metric.is_custom()
+        && !DEVICE_DURATIONS.contains(&d)
+    {
+        return Err(field_error(
+            "criteria.durationSeconds",
+            format!(
+                "{d} is not one Device Defender accepts for the device-side metric `{metric_name}` (300, 600, 900, 1800 or 3600)"
+            ),
+        ));
+    }
 
     let operator = criteria.comparison_operator.as_deref().ok_or_else(|| {
         field_error(
@@ -503,9 +517,13 @@ fn compile_behavior(
             })?;
             let statistic = STATISTICS.iter().find(|s| s.name == name).ok_or_else(|| {
                 let all: Vec<&str> = STATISTICS.iter().map(|s| s.name).collect();
+                let why = match name {
+                    "Average" => " (CloudFormation lists `Average`, but the IoT API refuses it: use a percentile such as p50)",
+                    _ => "",
+                };
                 field_error(
                     "criteria.statisticalThreshold.statistic",
-                    format!("`{name}` is not one of {}", all.join(", ")),
+                    format!("`{name}` is not one of {}{why}", all.join(", ")),
                 )
             })?;
             Some(*statistic)

@@ -572,6 +572,38 @@ fn malformed_profiles_name_profile_behavior_and_field() {
             &["`T`", "criteria.durationSeconds", "-5"],
         ),
         (
+            "a duration Device Defender refuses for traffic",
+            one_behavior(
+                json!({"name": "T", "metric": "aws:all-bytes-out", "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": 120}}),
+            ),
+            &[
+                "`T`",
+                "criteria.durationSeconds",
+                "120",
+                "aws:all-bytes-out",
+                "300, 600, 900, 1800 or 3600",
+            ],
+        ),
+        (
+            "a duration Device Defender refuses for a count",
+            one_behavior(
+                json!({"name": "C", "metric": "aws:num-established-tcp-connections", "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 3000}}),
+            ),
+            &["`C`", "criteria.durationSeconds", "3000"],
+        ),
+        (
+            "Average, listed by CloudFormation, refused by the API",
+            one_behavior(
+                json!({"name": "A", "metric": "aws:all-packets-in", "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "Average"}, "durationSeconds": 300}}),
+            ),
+            &[
+                "`A`",
+                "criteria.statisticalThreshold.statistic",
+                "`Average`",
+                "IoT API refuses it",
+            ],
+        ),
+        (
             "duration on a list",
             with(&crit("durationSeconds", json!(300))),
             &["`Ports`", "criteria.durationSeconds", "list metric"],
@@ -905,7 +937,9 @@ fn alarm_events_become_alerts_and_json() {
     let alert = event.to_alert();
     assert_eq!(alert.source, "detect/P");
     assert_eq!(alert.name, "Ports");
-    assert_eq!(alert.severity, crate::sample::Severity::High);
+    // suppressAlerts: visible, not paging-grade.
+    assert_eq!(alert.severity, crate::sample::Severity::Low);
+    assert_eq!(alert.attributes["suppress_alerts"], "true");
     assert_eq!(alert.attributes["violation_id"], event.violation_id);
     assert_eq!(alert.attributes["offending"], r#"{"ports":[21]}"#);
     assert!(
@@ -1353,4 +1387,23 @@ fn per_sample_names_profiles_or_behaviors_and_refuses_unknown_ones() {
         let error = with(&[bad]).check().expect_err(bad);
         assert!(error.starts_with("detection.perSample[0]"), "{error}");
     }
+}
+
+#[test]
+fn durations_load_as_device_defender_accepts_them() {
+    let load = |metric: &str, duration: u64| {
+        let behavior = json!({"name": "B", "metric": metric, "criteria": {
+            "comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": duration}});
+        profile::compile(one_behavior(behavior), "test").map(|_| ())
+    };
+    for duration in profile::DEVICE_DURATIONS {
+        load("aws:all-bytes-out", duration).expect("an accepted duration");
+        load("aws:num-listening-tcp-ports", duration).expect("an accepted duration");
+    }
+    for duration in [1, 60, 299, 301, 1200, 7200] {
+        load("aws:all-packets-out", duration).expect_err("a duration AWS refuses");
+    }
+    // Custom metrics: no duration set is documented by AWS; the device takes
+    // 1..=86400 (DETECTION.md section 1).
+    load("cpu_temperature", 60).expect("a custom metric's duration");
 }
