@@ -246,6 +246,7 @@ struct Session {
     tick_every: Duration,
     last_report: Option<Instant>,
     alarm_topic: String,
+    alarm_format: crate::detect::AlarmFormat,
     local_topic: String,
     alarms_to_firehose: bool,
     /// Whether the last `--once` report went to the publisher.
@@ -384,6 +385,7 @@ impl Session {
         info!(%thing, transport = ?kind, report_interval_s = report_every.as_secs(), sample_interval_s = tick_every.as_secs_f64(), "defender-edge running");
         Ok(Session {
             alarm_topic: crate::detect::alarm_topic(&config.detection, &thing),
+            alarm_format: config.detection.alarm_format,
             local_topic: config.detection.local_topic.clone(),
             alarms_to_firehose: config.detection.send_to_firehose,
             state,
@@ -602,10 +604,13 @@ impl Session {
         for alarm in alarms {
             let payload = alarm.to_json();
             warn!(alarm = %String::from_utf8_lossy(&payload), "detection");
-            if let Some(transport) = &self.transport {
+            let on_topic = alarm.alarm_topic_payload(self.alarm_format);
+            if on_topic.is_none() {
+                self.status.add("detect.alarms_suppressed", 1);
+            }
+            if let (Some(transport), Some(payload)) = (&self.transport, on_topic) {
                 let transport = transport.clone();
                 let topic = self.alarm_topic.clone();
-                let payload = payload.clone();
                 let status = self.status.clone();
                 tokio::spawn(async move {
                     match transport.publish(&topic, payload).await {

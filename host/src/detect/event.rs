@@ -3,14 +3,26 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use crate::sample::{Alert, Severity};
 
 /// The alert attribute that marks an event of a behavior with
 /// `suppressAlerts`; the Firehose events index it as `suppressed`.
 pub const SUPPRESS_ALERTS_ATTRIBUTE: &str = "suppress_alerts";
+
+/// The shape of the events on the IoT alarm topic (`detection.alarmFormat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlarmFormat {
+    /// [`AlarmEvent::to_json`]: every field defender-edge knows.
+    #[default]
+    DefenderEdge,
+    /// [`AlarmEvent::to_violation_event_json`]: Device Defender's
+    /// `ViolationEvent`, as Detect hands it to its alert targets.
+    DeviceDefender,
+}
 
 /// Whether a violation started or ended, and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +127,50 @@ impl AlarmEvent {
         }
     }
 
+    /// Device Defender's `violationEventType`.
+    pub fn violation_event_type(&self) -> &'static str {
+        match self.state {
+            AlarmState::Alarm => "in-alarm",
+            AlarmState::Clear => "alarm-cleared",
+            AlarmState::Invalidated => "alarm-invalidated",
+        }
+    }
+
+    /// The event in the shape of Device Defender's `ViolationEvent` (IoT API
+    /// reference): `violationId`, `thingName`, `securityProfileName`,
+    /// `behavior` {`name`, `metric`, `criteria`, `suppressAlerts`},
+    /// `metricValue`, `violationEventType`, `violationEventTime`. Times are
+    /// epoch seconds, as the API's JSON gives them (docs/DETECTION.md).
+    pub fn to_violation_event_json(&self) -> Vec<u8> {
+        let event = json!({
+            "violationId": self.violation_id,
+            "thingName": self.thing,
+            "securityProfileName": self.profile,
+            "behavior": {
+                "name": self.behavior,
+                "metric": self.metric,
+                "criteria": self.criteria,
+                "suppressAlerts": self.suppress_alerts,
+            },
+            "metricValue": self.value,
+            "violationEventType": self.violation_event_type(),
+            "violationEventTime": self.timestamp_ms / 1000,
+        });
+        serde_json::to_vec(&event).unwrap_or_default()
+    }
+
+    /// The payload for the IoT alarm topic in `format`, or `None` when the
+    /// event is not sent there: in the `device-defender` format, whose topic
+    /// feeds alert targets, a behavior with `suppressAlerts` sends nothing,
+    /// as Detect sends no alert for it.
+    pub fn alarm_topic_payload(&self, format: AlarmFormat) -> Option<Vec<u8>> {
+        match format {
+            AlarmFormat::DefenderEdge => Some(self.to_json()),
+            AlarmFormat::DeviceDefender if self.suppress_alerts => None,
+            AlarmFormat::DeviceDefender => Some(self.to_violation_event_json()),
+        }
+    }
+
     /// The JSON payload for the MQTT topic and Greengrass local pub/sub.
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing this struct cannot fail: every map key is a string
@@ -166,6 +222,61 @@ mod tests {
                 "{state:?} suppress={suppress}"
             );
             assert_eq!(alert.attributes["state"], state.as_str());
+        }
+    }
+
+    #[test]
+    fn the_device_defender_shape_is_a_violation_event() {
+        let cases = [
+            (AlarmState::Alarm, "in-alarm"),
+            (AlarmState::Clear, "alarm-cleared"),
+            (AlarmState::Invalidated, "alarm-invalidated"),
+        ];
+        for (state, kind) in cases {
+            let e = event(state, false);
+            let payload = e
+                .alarm_topic_payload(AlarmFormat::DeviceDefender)
+                .expect("sent");
+            let v: Value = serde_json::from_slice(&payload).expect("json");
+            assert_eq!(
+                v,
+                json!({
+                    "violationId": "0123456789abcdef0123456789abcdef",
+                    "thingName": "edge-01",
+                    "securityProfileName": "P",
+                    "behavior": {"name": "B", "metric": "aws:listening-tcp-ports",
+                        "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}},
+                        "suppressAlerts": false},
+                    "metricValue": {"ports": [22, 4444]},
+                    "violationEventType": kind,
+                    "violationEventTime": 1
+                })
+            );
+            assert_eq!(
+                e.alarm_topic_payload(AlarmFormat::DefenderEdge),
+                Some(e.to_json())
+            );
+            // Suppressed: no alert target hears of it in Detect's shape.
+            let suppressed = event(state, true);
+            assert_eq!(
+                suppressed.alarm_topic_payload(AlarmFormat::DeviceDefender),
+                None
+            );
+            assert!(
+                suppressed
+                    .alarm_topic_payload(AlarmFormat::DefenderEdge)
+                    .is_some()
+            );
+        }
+        for (format, text) in [
+            (AlarmFormat::DefenderEdge, "defender-edge"),
+            (AlarmFormat::DeviceDefender, "device-defender"),
+        ] {
+            assert_eq!(serde_json::to_value(format).expect("format"), json!(text));
+            assert_eq!(
+                serde_json::from_value::<AlarmFormat>(json!(text)).expect("format"),
+                format
+            );
         }
     }
 

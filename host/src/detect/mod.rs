@@ -41,7 +41,7 @@ use metric::{Metric, Shape};
 use profile::{Behavior, LoadedProfile};
 use statistics::{History, PeriodSums, SavedHistory, TrafficWindow};
 
-pub use event::{AlarmEvent, AlarmState, SUPPRESS_ALERTS_ATTRIBUTE};
+pub use event::{AlarmEvent, AlarmFormat, AlarmState, SUPPRESS_ALERTS_ATTRIBUTE};
 pub use profile::ProfileError;
 
 /// The default `alarmTopic`.
@@ -77,6 +77,8 @@ pub struct DetectionConfig {
     pub state_save_seconds: u64,
     /// MQTT/IoT topic for alarm events; `{thing}` is replaced by the thing.
     pub alarm_topic: String,
+    /// The shape of the events on `alarm_topic`.
+    pub alarm_format: AlarmFormat,
     /// Greengrass local publish/subscribe topic for alarm events.
     pub local_topic: String,
     /// Also send alarm events to the Firehose (SIEM) sink.
@@ -99,6 +101,7 @@ impl Default for DetectionConfig {
             statistics_min_datapoints: 36,
             state_save_seconds: 300,
             alarm_topic: DEFAULT_ALARM_TOPIC.to_owned(),
+            alarm_format: AlarmFormat::DefenderEdge,
             local_topic: DEFAULT_LOCAL_TOPIC.to_owned(),
             send_to_firehose: true,
             per_sample: Vec::new(),
