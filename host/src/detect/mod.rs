@@ -42,7 +42,7 @@ use profile::{Behavior, LoadedProfile};
 use statistics::{History, PeriodSums, SavedHistory, TrafficWindow};
 
 pub use event::{AlarmEvent, AlarmFormat, AlarmState, SUPPRESS_ALERTS_ATTRIBUTE};
-pub use profile::ProfileError;
+pub use profile::{ProfileError, SkipKind};
 
 /// The default `alarmTopic`.
 pub const DEFAULT_ALARM_TOPIC: &str = "defender-edge/{thing}/alarms";
@@ -224,6 +224,47 @@ pub enum DetectError {
     },
 }
 
+/// What detection judges and what it cannot: read by `status` (as the
+/// `detect.state` text) and by the agent's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// Detection is configured and on.
+    pub enabled: bool,
+    pub profiles: usize,
+    /// Behaviors judged on the device.
+    pub judged: usize,
+    /// Behaviors loaded but not judged, by reason.
+    pub skipped: BTreeMap<SkipKind, usize>,
+}
+
+impl Coverage {
+    /// Every behavior loaded, judged or not.
+    pub fn total(&self) -> usize {
+        self.judged + self.skipped.values().sum::<usize>()
+    }
+
+    /// E.g. `running: 5 of 8 behaviors; 3 cloud-side skipped`.
+    pub fn state_text(&self) -> String {
+        if !self.enabled {
+            return "off".to_owned();
+        }
+        let skipped: Vec<String> = self
+            .skipped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| format!("{n} {}", kind.as_str()))
+            .collect();
+        let skipped = match skipped.is_empty() {
+            true => String::new(),
+            false => format!("; {} skipped", skipped.join(", ")),
+        };
+        match self.judged {
+            0 => format!("idle: no behavior can be judged on the device{skipped}"),
+            judged => format!("running: {judged} of {} behaviors{skipped}", self.total()),
+        }
+    }
+}
+
 /// A behavior with its running state.
 #[derive(Debug)]
 struct Judged {
@@ -272,6 +313,7 @@ const STATE_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Detector {
     active: bool,
+    coverage: Coverage,
     interval: Duration,
     /// One datapoint, for behaviors judged per report period.
     report_period: Duration,
@@ -299,6 +341,7 @@ impl Detector {
     ) -> Result<Detector, DetectError> {
         let mut detector = Detector {
             active: false,
+            coverage: Coverage::default(),
             interval: Duration::from_secs(config.interval_seconds.max(1)),
             report_period: report_period.max(Duration::from_secs(1)),
             behaviors: Vec::new(),
@@ -331,6 +374,7 @@ impl Detector {
 
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         let mut skipped = 0u64;
+        let mut skipped_by_kind: BTreeMap<SkipKind, usize> = BTreeMap::new();
         for (origin, loaded) in profiles {
             if let Some(first) = seen.insert(loaded.name.clone(), origin.clone()) {
                 return Err(DetectError::DuplicateProfile {
@@ -348,6 +392,7 @@ impl Detector {
                     "behavior cannot be judged on the device; skipped"
                 );
                 skipped += 1;
+                *skipped_by_kind.entry(s.kind).or_default() += 1;
             }
             for behavior in loaded.behaviors {
                 let per_sample = config.per_sample.iter().any(|entry| {
@@ -373,17 +418,16 @@ impl Detector {
             }
         }
         detector.active = !detector.behaviors.is_empty();
+        detector.coverage = Coverage {
+            enabled: true,
+            profiles: seen.len(),
+            judged: detector.behaviors.len(),
+            skipped: skipped_by_kind,
+        };
         status.set("detect.profiles", seen.len() as u64);
         status.set("detect.behaviors", detector.behaviors.len() as u64);
         status.set("detect.behaviors_skipped", skipped);
-        status.set_text(
-            "detect.state",
-            if detector.active {
-                "running"
-            } else {
-                "idle: no behavior can be judged on the device"
-            },
-        );
+        status.set_text("detect.state", &detector.coverage.state_text());
         detector.restore();
         tracing::info!(
             profiles = seen.len(),
@@ -398,6 +442,11 @@ impl Detector {
     /// False when there is nothing to judge.
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// What is judged and what is not.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
     }
 
     /// The detection sample interval.

@@ -847,6 +847,27 @@ fn cloud_side_ml_and_dimension_behaviors_are_counted_and_skipped() {
     assert!(d.is_active());
     assert_eq!(status.number("detect.behaviors"), 1);
     assert_eq!(status.number("detect.behaviors_skipped"), 4);
+    // The coverage says what is judged and what is not, as a value and as
+    // the state text `status` shows.
+    let coverage = d.coverage();
+    assert_eq!(
+        (coverage.judged, coverage.total(), coverage.profiles),
+        (1, 5, 1)
+    );
+    assert_eq!(
+        coverage.skipped,
+        BTreeMap::from([
+            (SkipKind::CloudSide, 2),
+            (SkipKind::MlDetect, 1),
+            (SkipKind::RetainOnly, 1)
+        ])
+    );
+    let text = "running: 1 of 5 behaviors; 2 cloud-side, 1 ML Detect, 1 retain-only skipped";
+    assert_eq!(coverage.state_text(), text);
+    assert_eq!(
+        status.get("detect.state"),
+        Some(crate::status::Value::Text(text.to_owned()))
+    );
 
     // A profile with nothing the device can judge loads, but is idle.
     let only_cloud = json!({"securityProfileName": "Cloud", "behaviors": [
