@@ -427,7 +427,7 @@ impl Detector {
         status.set("detect.profiles", seen.len() as u64);
         status.set("detect.behaviors", detector.behaviors.len() as u64);
         status.set("detect.behaviors_skipped", skipped);
-        status.set_text("detect.state", &detector.coverage.state_text());
+        status.set_text("detect.state", detector.coverage.state_text());
         detector.restore();
         tracing::info!(
             profiles = seen.len(),
