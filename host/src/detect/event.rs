@@ -98,7 +98,10 @@ impl AlarmEvent {
             AlarmState::Clear => (Severity::Info, "no longer violates"),
             AlarmState::Invalidated => (Severity::Info, "can no longer be judged against"),
         };
-        let shown = self.offending.as_ref().unwrap_or(&self.value);
+        let shown = match self.offending.as_ref().unwrap_or(&self.value) {
+            Value::Null => String::new(),
+            value => format!(": {value}"),
+        };
         let mut attributes = BTreeMap::from([
             ("violation_id".to_owned(), self.violation_id.clone()),
             ("state".to_owned(), self.state.as_str().to_owned()),
@@ -120,7 +123,7 @@ impl AlarmEvent {
             name: self.behavior.clone(),
             severity,
             message: format!(
-                "{} {verb} behavior {} of profile {} on {}: {}",
+                "{} {verb} behavior {} of profile {} on {}{}",
                 self.thing, self.behavior, self.profile, self.metric, shown
             ),
             attributes,
@@ -142,7 +145,7 @@ impl AlarmEvent {
     /// `metricValue`, `violationEventType`, `violationEventTime`. Times are
     /// epoch seconds, as the API's JSON gives them (docs/DETECTION.md).
     pub fn to_violation_event_json(&self) -> Vec<u8> {
-        let event = json!({
+        let mut event = json!({
             "violationId": self.violation_id,
             "thingName": self.thing,
             "securityProfileName": self.profile,
@@ -156,6 +159,12 @@ impl AlarmEvent {
             "violationEventType": self.violation_event_type(),
             "violationEventTime": self.timestamp_ms / 1000,
         });
+        // An invalidation has no value: the metric could not be judged.
+        if self.value.is_null()
+            && let Some(map) = event.as_object_mut()
+        {
+            map.remove("metricValue");
+        }
         serde_json::to_vec(&event).unwrap_or_default()
     }
 

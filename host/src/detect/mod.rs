@@ -285,6 +285,10 @@ struct Judged {
     history: Option<History>,
     /// A custom metric of the wrong type was reported; warned once.
     warned_type: bool,
+    /// When the metric last arrived (custom metrics, traffic deltas), or
+    /// when this process first looked: an open alarm whose metric stays
+    /// away for `durationSeconds` is invalidated.
+    last_seen_ms: Option<u64>,
 }
 
 /// What the state file holds.
@@ -301,6 +305,12 @@ struct SavedState {
 #[serde(rename_all = "camelCase")]
 struct SavedBehavior {
     metric: String,
+    /// The criteria as written, to tell a changed behavior from the same
+    /// one (absent in files written before invalidation existed).
+    #[serde(default)]
+    criteria: Option<Value>,
+    #[serde(default)]
+    suppress_alerts: bool,
     #[serde(default)]
     history: Option<SavedHistory>,
     #[serde(default)]
@@ -326,6 +336,10 @@ pub struct Detector {
     changed: bool,
     /// Time of the previous device evaluation: the span of a traffic delta.
     last_device_ms: Option<u64>,
+    /// Invalidations found when the state was restored (a behavior with an
+    /// open alarm removed or changed), sent with the first evaluation, which
+    /// knows the thing.
+    pending: Vec<AlarmEvent>,
     status: Status,
 }
 
@@ -351,6 +365,7 @@ impl Detector {
             last_save_ms: None,
             changed: false,
             last_device_ms: None,
+            pending: Vec::new(),
             status: status.clone(),
         };
         if !config.is_enabled() {
@@ -476,17 +491,20 @@ impl Detector {
             .filter(|span| *span > 0);
         self.last_device_ms = Some(now_ms);
         let view = DeviceView::new(sample);
-        let mut events = Vec::new();
+        let mut events = self.take_pending(&sample.thing, now_ms);
         for index in 0..self.behaviors.len() {
             if self.behaviors[index].behavior.metric.is_custom() {
                 continue;
             }
             let judged = &mut self.behaviors[index];
             let judge_now = judged.per_sample || period_closed;
+            let arrived = judged.behavior.metric.shape() != Shape::Traffic
+                || (sample.network_stats.is_some() && span_ms.is_some());
             let datapoint = judged
                 .device_datapoint(&view, span_ms, now_ms, period_closed, self.min_datapoints)
                 .judged_only_if(judge_now);
             self.apply(index, datapoint, sample, now_ms, &mut events);
+            self.note_arrival(index, arrived, &sample.thing, now_ms, &mut events);
         }
         self.status.add("detect.evaluations", 1);
         events
@@ -501,7 +519,7 @@ impl Detector {
         now_ms: u64,
         period_closed: bool,
     ) -> Vec<AlarmEvent> {
-        let mut events = Vec::new();
+        let mut events = self.take_pending(&sample.thing, now_ms);
         for index in 0..self.behaviors.len() {
             let value = match &self.behaviors[index].behavior.metric {
                 Metric::Custom(name) => sample.custom_metrics.get(name),
@@ -528,7 +546,9 @@ impl Detector {
                     datapoint.judged_only_if(judge_now)
                 }
             };
+            let arrived = value.is_some();
             self.apply(index, datapoint, sample, now_ms, &mut events);
+            self.note_arrival(index, arrived, &sample.thing, now_ms, &mut events);
         }
         events
     }
@@ -557,6 +577,8 @@ impl Detector {
                         j.behavior.key(),
                         SavedBehavior {
                             metric: j.behavior.metric_name.clone(),
+                            criteria: Some(j.behavior.criteria.clone()),
+                            suppress_alerts: j.behavior.suppress_alerts,
                             history: j.history.as_ref().map(History::save),
                             alarm: j.alarm.clone(),
                         },
@@ -619,12 +641,68 @@ impl Detector {
             return;
         }
         let mut restored = 0u64;
+        let now_ms = crate::state::now_ms();
+        for (key, entry) in &saved.behaviors {
+            let Some(violation) = &entry.alarm.active else {
+                continue;
+            };
+            let current = self.behaviors.iter().find(|j| j.behavior.key() == *key);
+            let reason = match current {
+                None => "its behavior is no longer in the configured profiles",
+                Some(j) if j.behavior.metric_name != entry.metric => {
+                    "its behavior now watches another metric"
+                }
+                Some(j)
+                    if entry
+                        .criteria
+                        .as_ref()
+                        .is_some_and(|c| *c != j.behavior.criteria) =>
+                {
+                    "its behavior's criteria changed"
+                }
+                Some(_) => continue,
+            };
+            let (profile, behavior) = key.split_once('/').unwrap_or((key.as_str(), ""));
+            tracing::info!(%profile, %behavior, violation_id = %violation.violation_id, reason, "open violation invalidated");
+            self.pending.push(AlarmEvent {
+                violation_id: violation.violation_id.clone(),
+                state: AlarmState::Invalidated,
+                thing: String::new(),
+                profile: profile.to_owned(),
+                behavior: behavior.to_owned(),
+                metric: entry.metric.clone(),
+                value: Value::Null,
+                offending: None,
+                threshold: None,
+                criteria: entry.criteria.clone().unwrap_or(Value::Null),
+                violation_start_ms: violation.since_ms,
+                timestamp_ms: now_ms,
+                suppress_alerts: entry.suppress_alerts,
+            });
+            // The state file must forget the violation even if nothing else
+            // changes.
+            self.changed = true;
+        }
         for judged in &mut self.behaviors {
             let Some(entry) = saved.behaviors.get(&judged.behavior.key()) else {
                 continue;
             };
             if entry.metric != judged.behavior.metric_name {
                 // The behavior now watches another metric: its past says nothing.
+                continue;
+            }
+            if entry
+                .criteria
+                .as_ref()
+                .is_some_and(|c| *c != judged.behavior.criteria)
+            {
+                // Changed criteria: the baseline still describes the metric,
+                // but the open alarm was invalidated above.
+                if let (Some(history), Some(saved)) = (&mut judged.history, &entry.history)
+                    && history.restore(saved)
+                {
+                    restored += 1;
+                }
                 continue;
             }
             if let (Some(history), Some(saved)) = (&mut judged.history, &entry.history)
@@ -635,6 +713,64 @@ impl Detector {
             judged.alarm = entry.alarm.clone();
         }
         self.status.set("detect.baselines_restored", restored);
+    }
+
+    /// The invalidations found at restore, now that the thing is known.
+    fn take_pending(&mut self, thing: &str, now_ms: u64) -> Vec<AlarmEvent> {
+        let mut events = std::mem::take(&mut self.pending);
+        for event in &mut events {
+            event.thing = thing.to_owned();
+            event.timestamp_ms = now_ms;
+            self.status.add("detect.invalidations", 1);
+        }
+        events
+    }
+
+    /// Notes whether the behavior's metric arrived in this sample. An open
+    /// alarm whose metric stayed away for the behavior's duration
+    /// (`durationSeconds`, else 300 s) can no longer be judged: it is closed
+    /// with an invalidation, as Device Defender closes the violations of a
+    /// thing that stopped reporting.
+    fn note_arrival(
+        &mut self,
+        index: usize,
+        arrived: bool,
+        thing: &str,
+        now_ms: u64,
+        events: &mut Vec<AlarmEvent>,
+    ) {
+        let judged = &mut self.behaviors[index];
+        if arrived {
+            judged.last_seen_ms = Some(now_ms);
+            return;
+        }
+        let since = *judged.last_seen_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) < judged.behavior.period_ms() {
+            return;
+        }
+        let Some(violation) = judged.alarm.active.take() else {
+            return;
+        };
+        judged.alarm = AlarmMachine::default();
+        self.changed = true;
+        let b = &judged.behavior;
+        tracing::info!(profile = %b.profile, behavior = %b.name, violation_id = %violation.violation_id, "metric stopped arriving; open violation invalidated");
+        self.status.add("detect.invalidations", 1);
+        events.push(AlarmEvent {
+            violation_id: violation.violation_id,
+            state: AlarmState::Invalidated,
+            thing: thing.to_owned(),
+            profile: b.profile.clone(),
+            behavior: b.name.clone(),
+            metric: b.metric_name.clone(),
+            value: Value::Null,
+            offending: None,
+            threshold: None,
+            criteria: b.criteria.clone(),
+            violation_start_ms: violation.since_ms,
+            timestamp_ms: now_ms,
+            suppress_alerts: b.suppress_alerts,
+        });
     }
 
     /// Runs the state machine on a datapoint and turns a transition into an
@@ -926,6 +1062,7 @@ impl Judged {
             periods_per_datapoint,
             history,
             warned_type: false,
+            last_seen_ms: None,
         }
     }
 

@@ -1428,3 +1428,124 @@ fn durations_load_as_device_defender_accepts_them() {
     // 1..=86400 (DETECTION.md section 1).
     load("cpu_temperature", 60).expect("a custom metric's duration");
 }
+
+/// Issue 19 item 5: a configuration update that removes or changes a
+/// behavior with an open alarm closes it with an invalidation carrying the
+/// alarm's id; an unchanged behavior keeps its alarm.
+#[test]
+fn open_alarms_of_removed_or_changed_behaviors_are_invalidated_at_start() {
+    let ports_behavior = |name: &str, allowed: u16| {
+        json!({"name": name, "metric": "aws:listening-tcp-ports",
+               "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [allowed]}}})
+    };
+    let profile =
+        |behaviors: Vec<Value>| json!({"securityProfileName": "P", "behaviors": behaviors});
+    let rogue = Sample {
+        listening_tcp_ports: ports(&[22, 4444]),
+        ..sample()
+    };
+    // Nothing listens: every version of every behavior conforms.
+    let quiet = sample();
+    // Raises alarms on Kept, Edited and Removed, saves, and returns their ids.
+    let alarmed = |dir: &Path| -> BTreeMap<String, String> {
+        let mut d = detector_in(
+            dir,
+            &config(vec![profile(vec![
+                ports_behavior("Kept", 22),
+                ports_behavior("Edited", 22),
+                ports_behavior("Removed", 22),
+            ])]),
+        );
+        let events = d.evaluate_device(&rogue, 10_000, true);
+        d.save(10_000, true).expect("save");
+        events
+            .into_iter()
+            .map(|e| (e.behavior, e.violation_id))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = alarmed(dir.path());
+    assert_eq!(ids.len(), 3);
+
+    let mut updated = detector_in(
+        dir.path(),
+        &config(vec![profile(vec![
+            ports_behavior("Kept", 22),
+            ports_behavior("Edited", 8883),
+        ])]),
+    );
+    let events = updated.evaluate_device(&quiet, 20_000, true);
+    let by_behavior: BTreeMap<&str, (&AlarmState, &str)> = events
+        .iter()
+        .map(|e| (e.behavior.as_str(), (&e.state, e.violation_id.as_str())))
+        .collect();
+    assert_eq!(
+        by_behavior,
+        BTreeMap::from([
+            ("Edited", (&AlarmState::Invalidated, ids["Edited"].as_str())),
+            (
+                "Removed",
+                (&AlarmState::Invalidated, ids["Removed"].as_str())
+            ),
+            // Unchanged: still open, and it clears under its own id.
+            ("Kept", (&AlarmState::Clear, ids["Kept"].as_str())),
+        ])
+    );
+    let removed = events
+        .iter()
+        .find(|e| e.behavior == "Removed")
+        .expect("removed");
+    assert_eq!(removed.thing, "edge-01");
+    assert_eq!(removed.metric, "aws:listening-tcp-ports");
+    assert_eq!(removed.violation_start_ms, 10_000);
+    // Sent once.
+    assert!(updated.evaluate_device(&quiet, 30_000, true).is_empty());
+}
+
+/// The other invalidation: the metric stopped arriving for the behavior's
+/// duration (a plugin that no longer reports, traffic without an honest
+/// delta).
+#[test]
+fn an_open_alarm_whose_metric_stops_arriving_is_invalidated() {
+    let behavior = json!({"name": "FewLogins", "metric": "failed_logins",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 3}, "durationSeconds": 600}});
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut d = detector_in(dir.path(), &config(vec![one_behavior(behavior)]));
+    let with = |n: f64| Sample {
+        custom_metrics: BTreeMap::from([(
+            "failed_logins".to_owned(),
+            CustomMetricValue::Number(n),
+        )]),
+        ..sample()
+    };
+    let raised = d.evaluate_custom(&with(9.0), 10_000, true);
+    assert_eq!(raised[0].state, AlarmState::Alarm);
+    // Away for less than durationSeconds: still open.
+    for t in [20_000, 300_000, 609_000] {
+        assert!(d.evaluate_custom(&sample(), t, true).is_empty(), "at {t}");
+    }
+    let gone = d.evaluate_custom(&sample(), 610_000, true);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].state, AlarmState::Invalidated);
+    assert_eq!(gone[0].violation_id, raised[0].violation_id);
+    assert!(gone[0].value.is_null());
+    // Closed: nothing more while it stays away, and a new alarm later has a
+    // new id.
+    assert!(d.evaluate_custom(&sample(), 900_000, true).is_empty());
+    let again = d.evaluate_custom(&with(9.0), 910_000, true);
+    assert_eq!(again[0].state, AlarmState::Alarm);
+    assert_ne!(again[0].violation_id, raised[0].violation_id);
+    // An alarm whose metric keeps arriving is never invalidated.
+    let mut steady = detector_in(
+        tempfile::tempdir().expect("temp dir").path(),
+        &config(vec![one_behavior(
+            json!({"name": "FewLogins", "metric": "failed_logins",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 3}}}),
+        )]),
+    );
+    for t in 0..100 {
+        for e in steady.evaluate_custom(&with(9.0), t * 10_000, true) {
+            assert_eq!(e.state, AlarmState::Alarm, "at {t}");
+        }
+    }
+}
