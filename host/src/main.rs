@@ -455,8 +455,13 @@ fn config_check(args: ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "ok  proc root: {}", config.collect.proc_root.display())?;
     let status = Status::new();
     let scratch = Scratch::new()?;
-    defender_edge::detect::Detector::new(&config.detection, scratch.path(), &status)
-        .context("loading the security profiles (detection)")?;
+    defender_edge::detect::Detector::new(
+        &config.detection,
+        scratch.path(),
+        &status,
+        std::time::Duration::from_secs(config.report.interval_seconds),
+    )
+    .context("loading the security profiles (detection)")?;
     writeln!(
         out,
         "ok  security profiles: {} ({} behaviors judged on the device, {} skipped)",

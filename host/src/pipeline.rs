@@ -121,8 +121,13 @@ impl Pipeline {
             )?),
             None => None,
         };
-        let detector = Detector::new(&config.detection, state.path(), &status)
-            .context("loading the security profiles (detection)")?;
+        let detector = Detector::new(
+            &config.detection,
+            state.path(),
+            &status,
+            Duration::from_secs(config.report.interval_seconds),
+        )
+        .context("loading the security profiles (detection)")?;
         let network = match window {
             Window::SincePreviousCollect => {
                 NetworkWindow::open(state.load::<Counters>(COLLECT_BASELINE))
@@ -158,8 +163,13 @@ impl Pipeline {
                 dir.display()
             );
         }
-        Detector::new(&config.detection, &config.state_dir, &Status::new())
-            .context("key `detection`")?;
+        Detector::new(
+            &config.detection,
+            &config.state_dir,
+            &Status::new(),
+            Duration::from_secs(config.report.interval_seconds),
+        )
+        .context("key `detection`")?;
         Ok(())
     }
 
@@ -205,7 +215,7 @@ impl Pipeline {
             .absorb(collected.counters, collected.sample.network_stats);
         let mut sample = collected.sample;
 
-        let mut alarms = self.detector.evaluate_device(&sample, now_ms);
+        let mut alarms = self.detector.evaluate_device(&sample, now_ms, report_due);
         sample
             .alerts
             .extend(alarms.iter().map(AlarmEvent::to_alert));
@@ -224,7 +234,7 @@ impl Pipeline {
                 });
             }
         };
-        let custom = self.detector.evaluate_custom(&sample, now_ms);
+        let custom = self.detector.evaluate_custom(&sample, now_ms, report_due);
         sample
             .alerts
             .extend(custom.iter().map(AlarmEvent::to_alert));

@@ -355,6 +355,7 @@ impl Session {
         Ok(Session {
             alarms: AlarmTopics {
                 topic: crate::detect::alarm_topic(&config.detection, &thing),
+                format: config.detection.alarm_format,
                 local_topic: config.detection.local_topic.clone(),
                 transport: transport.clone(),
                 ipc: ipc.cloned(),
@@ -452,7 +453,7 @@ impl Session {
                         alarm.finding()
                     ),
                 ),
-                AlarmState::Clear => self.status.remove(&key),
+                AlarmState::Clear | AlarmState::Invalidated => self.status.remove(&key),
             }
             self.output.event(Event {
                 kind: "alarm",
@@ -544,6 +545,8 @@ impl Session {
 /// Greengrass local topic.
 struct AlarmTopics {
     topic: String,
+    /// The shape of the events on `topic` (`detection.alarmFormat`).
+    format: crate::detect::AlarmFormat,
     local_topic: String,
     transport: Option<Arc<AnyTransport>>,
     ipc: Option<IpcClient>,
@@ -557,10 +560,13 @@ impl AlarmTopics {
         for alarm in alarms {
             let payload = alarm.to_json();
             warn!(alarm = %String::from_utf8_lossy(&payload), "detection");
-            if let Some(transport) = &self.transport {
+            let on_topic = alarm.alarm_topic_payload(self.format);
+            if on_topic.is_none() {
+                self.status.add("detect.alarms_suppressed", 1);
+            }
+            if let (Some(transport), Some(payload)) = (&self.transport, on_topic) {
                 let transport = transport.clone();
                 let topic = self.topic.clone();
-                let payload = payload.clone();
                 let status = self.status.clone();
                 tokio::spawn(async move {
                     match transport.publish(&topic, payload).await {

@@ -534,7 +534,8 @@ fn cim_fields_of_events_the_agent_produced() {
             "edge:alert" => {
                 let alert = &event["alert"];
                 let detect = alert["source"].as_str().unwrap().starts_with("detect/");
-                let clear = alert["attributes"]["state"] == "clear";
+                let clear = alert["attributes"]["state"] == "clear"
+                    || alert["attributes"]["state"] == "invalidated";
                 let kind = match (detect, clear) {
                     (true, true) => "event",
                     (true, false) => "alarm",

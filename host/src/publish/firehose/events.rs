@@ -77,6 +77,10 @@ pub struct IndexedFields<'a> {
     /// The alert's severity; alerts only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<&'static str>,
+    /// `true` on the alert of a detection behavior with `suppressAlerts`:
+    /// visible, but searches that page people leave it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<&'static str>,
 }
 
 /// The HEC `event` object: a Device Defender metrics export element plus
@@ -187,6 +191,10 @@ pub fn events<'a>(
                     alert: Option<(usize, &'a Alert)>|
      -> HecEvent<'a> {
         let severity = alert.map(|(_, a)| a.severity.as_str());
+        let suppressed = alert
+            .and_then(|(_, a)| a.attributes.get(crate::detect::SUPPRESS_ALERTS_ATTRIBUTE))
+            .filter(|v| *v == "true")
+            .map(|_| "true");
         HecEvent {
             time: sample.timestamp_ms as f64 / 1000.0,
             host: thing,
@@ -197,6 +205,7 @@ pub fn events<'a>(
                 thing,
                 metric: name,
                 severity,
+                suppressed,
             },
             event: EventBody {
                 name,
@@ -508,6 +517,26 @@ mod tests {
         assert_eq!(
             by_name(&lines, "peers")["event"]["value"],
             json!({"cidrs": ["10.0.0.1"]})
+        );
+    }
+
+    #[test]
+    fn a_suppressed_detection_alarm_is_marked_in_the_indexed_fields() {
+        let mut s = sample();
+        s.alerts[0].severity = Severity::Low;
+        s.alerts[0].attributes.insert(
+            crate::detect::SUPPRESS_ALERTS_ATTRIBUTE.to_owned(),
+            "true".to_owned(),
+        );
+        let lines = lines(&s, &EventOptions::default());
+        let alert = by_name(&lines, "edge:alert");
+        assert_eq!(
+            alert["fields"],
+            json!({"thing": "edge-01", "metric": "edge:alert", "severity": "low", "suppressed": "true"})
+        );
+        assert_eq!(
+            alert["event"]["alert"]["attributes"]["suppress_alerts"],
+            "true"
         );
     }
 
