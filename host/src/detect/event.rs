@@ -8,12 +8,20 @@ use serde_json::Value;
 
 use crate::sample::{Alert, Severity};
 
-/// Whether a violation started or ended.
+/// Whether a violation started or ended, and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlarmState {
+    /// The behavior is violated (Device Defender's `in-alarm`).
     Alarm,
+    /// The behavior conforms again (`alarm-cleared`).
     Clear,
+    /// The violation is closed because its behavior can no longer be judged:
+    /// the profile changed or was removed, or the metric stopped arriving for
+    /// the behavior's duration (`alarm-invalidated`). It carries the
+    /// `violation_id` of the alarm it closes, and says nothing about whether
+    /// the behavior conforms.
+    Invalidated,
 }
 
 impl AlarmState {
@@ -21,6 +29,7 @@ impl AlarmState {
         match self {
             AlarmState::Alarm => "alarm",
             AlarmState::Clear => "clear",
+            AlarmState::Invalidated => "invalidated",
         }
     }
 }
@@ -62,11 +71,12 @@ pub struct AlarmEvent {
 
 impl AlarmEvent {
     /// The event as an alert of the sample, so plugins and the SIEM events
-    /// see it. Alarms are `high`, clears `info`.
+    /// see it. Alarms are `high`, clears and invalidations `info`.
     pub fn to_alert(&self) -> Alert {
         let (severity, verb) = match self.state {
             AlarmState::Alarm => (Severity::High, "violates"),
             AlarmState::Clear => (Severity::Info, "no longer violates"),
+            AlarmState::Invalidated => (Severity::Info, "can no longer be judged against"),
         };
         let shown = self.offending.as_ref().unwrap_or(&self.value);
         let mut attributes = BTreeMap::from([

@@ -570,6 +570,7 @@ impl Detector {
             match state {
                 AlarmState::Alarm => "detect.alarms",
                 AlarmState::Clear => "detect.clears",
+                AlarmState::Invalidated => "detect.invalidations",
             },
             1,
         );

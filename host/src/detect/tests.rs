@@ -840,6 +840,7 @@ fn consecutive_datapoints_drive_alarm_and_clear_with_a_stable_id() {
         trace.push(match e.first().map(|e| e.state) {
             Some(AlarmState::Alarm) => 'A',
             Some(AlarmState::Clear) => 'C',
+            Some(AlarmState::Invalidated) => 'I',
             None => '.',
         });
         events.extend(e);

@@ -5,11 +5,14 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+#[cfg(any(feature = "firehose", feature = "securityhub"))]
+mod aws;
 pub mod defender;
 pub mod firehose;
 pub mod ipc;
 pub mod mqtt;
 pub mod outbox;
+pub mod securityhub;
 
 use std::future::Future;
 
