@@ -74,6 +74,8 @@ pub struct PublishConfig {
     pub outbox: outbox::OutboxLimits,
     /// The Device Defender protocol: publish floor, reply timeout.
     pub device_defender: defender::DefenderConfig,
+    /// Local detection's alarms as AWS Security Hub findings.
+    pub security_hub: securityhub::SecurityHubConfig,
 }
 
 impl PublishConfig {
@@ -82,6 +84,7 @@ impl PublishConfig {
         self.mqtt.check()?;
         self.outbox.check("publish.outbox")?;
         self.firehose.check()?;
+        self.security_hub.check()?;
         if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
             return Err(
                 "key `publish.mqtt.endpoint`: required when `publish.transport` is `mqtt`"
