@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,10 +13,11 @@ use aws_sdk_securityhub::config::BehaviorVersion;
 use defender_edge::collect::{CollectConfig, Collector};
 use defender_edge::detect::{AlarmEvent, AlarmState, DetectionConfig, Detector};
 use defender_edge::publish::securityhub::asff::Finding;
-use defender_edge::publish::securityhub::{SecurityHubConfig, SecurityHubSink};
+use defender_edge::publish::securityhub::{SecurityHubConfig, SecurityHubHandle, SecurityHubSink};
 use defender_edge::state::now_ms;
 use defender_edge::status::{Status, Value as StatusValue};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 use crate::support;
 
@@ -117,6 +119,14 @@ fn loader(port: u16) -> aws_config::ConfigLoader {
         .endpoint_url(url(port))
 }
 
+/// Starts the sink on the outbox in `state`, against moto at `port`
+/// (whether moto runs or not: the sink starts either way).
+async fn start(state: &Path, port: u16, status: &Status) -> (SecurityHubHandle, JoinHandle<()>) {
+    SecurityHubSink::start_with_loader(&config(), state, status.clone(), loader(port))
+        .await
+        .expect("the sink starts, with or without Security Hub")
+}
+
 /// Waits until `check` holds, or fails after `limit`.
 async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -165,10 +175,7 @@ async fn a_real_listener_alarm_is_an_active_finding_and_its_clear_archives_it() 
     let _moto = Moto::start(port, 0);
     let state = tempfile::tempdir().expect("tempdir");
     let status = Status::new();
-    let (handle, task) =
-        SecurityHubSink::start_with_loader(&config(), state.path(), status.clone(), loader(port))
-            .await
-            .expect("sink starts");
+    let (handle, task) = start(state.path(), port, &status).await;
 
     // Local detection on the real /proc: a listener the profile does not allow.
     let profile = json!({"securityProfileName": "PortAllowlist", "behaviors": [{
@@ -264,15 +271,11 @@ async fn outages_and_a_restart_lose_no_finding() {
     // No network at boot: nothing listens on the port yet.
     let port = free_port();
     let state = tempfile::tempdir().expect("tempdir");
-    let config = config();
     let t0 = now_ms();
     let first = alarm("edge-hub-02", 1, t0);
     let second = alarm("edge-hub-02", 2, t0 + 10);
 
-    let (handle, task) =
-        SecurityHubSink::start_with_loader(&config, state.path(), Status::new(), loader(port))
-            .await
-            .expect("the sink starts without network");
+    let (handle, task) = start(state.path(), port, &Status::new()).await;
     handle.submit(&first).await.expect("stored offline");
     handle.submit(&second).await.expect("stored offline");
     // Let the worker fail a few rounds, then kill it mid-retry: nothing but
@@ -283,10 +286,7 @@ async fn outages_and_a_restart_lose_no_finding() {
     drop(handle);
 
     let status = Status::new();
-    let (handle, task) =
-        SecurityHubSink::start_with_loader(&config, state.path(), status.clone(), loader(port))
-            .await
-            .expect("restarts while still offline");
+    let (handle, task) = start(state.path(), port, &status).await;
     assert_eq!(
         status.number("securityhub.outbox.depth"),
         2,
@@ -356,15 +356,11 @@ async fn outages_and_a_restart_lose_no_finding() {
 async fn findings_go_in_calls_of_at_most_one_hundred() {
     let port = free_port();
     let state = tempfile::tempdir().expect("tempdir");
-    let config = config();
     let t0 = now_ms();
     let alarms: Vec<AlarmEvent> = (0..150).map(|n| alarm("edge-hub-03", n, t0 + n)).collect();
     {
         // Stored while Security Hub is unreachable.
-        let (handle, task) =
-            SecurityHubSink::start_with_loader(&config, state.path(), Status::new(), loader(port))
-                .await
-                .expect("sink starts");
+        let (handle, task) = start(state.path(), port, &Status::new()).await;
         for a in &alarms {
             handle.submit(a).await.expect("stored");
         }
@@ -373,10 +369,7 @@ async fn findings_go_in_calls_of_at_most_one_hundred() {
     }
     let _moto = Moto::start(port, 0);
     let status = Status::new();
-    let (handle, task) =
-        SecurityHubSink::start_with_loader(&config, state.path(), status.clone(), loader(port))
-            .await
-            .expect("sink starts");
+    let (handle, task) = start(state.path(), port, &status).await;
     eventually(Duration::from_secs(30), "150 findings imported", || {
         status.number("securityhub.outbox.depth") == 0
     })
@@ -394,10 +387,7 @@ async fn failed_findings_are_retried_and_refused_ones_counted_and_dropped() {
     let _moto = Moto::start(port, 2);
     let state = tempfile::tempdir().expect("tempdir");
     let status = Status::new();
-    let (handle, task) =
-        SecurityHubSink::start_with_loader(&config(), state.path(), status.clone(), loader(port))
-            .await
-            .expect("sink starts");
+    let (handle, task) = start(state.path(), port, &status).await;
     let t0 = now_ms();
     let good = alarm("edge-hub-04", 1, t0);
     // No thing name, so no resource: Security Hub refuses it for good.
