@@ -27,14 +27,14 @@ const REGION: &str = "us-east-1";
 const ACCOUNT: &str = "123456789012";
 
 /// A moto server on a fixed loopback port; stopped on drop.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
 }
 
 impl Moto {
     /// Starts moto on `port`; the first `fail_calls` BatchImportFindings
     /// calls fail every finding with InternalException.
-    fn start(port: u16, fail_calls: u32) -> Moto {
+    pub(crate) fn start(port: u16, fail_calls: u32) -> Moto {
         let mut child = Command::new(support::python())
             .arg(support::fixture(HELPER))
             .args(["serve", &port.to_string(), &fail_calls.to_string()])
@@ -64,7 +64,7 @@ impl Drop for Moto {
 }
 
 /// A loopback port nothing listens on (until moto is started on it).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     listener.local_addr().expect("addr").port()
 }
@@ -74,7 +74,7 @@ fn url(port: u16) -> String {
 }
 
 /// Every finding moto holds, by `Id`.
-fn findings(port: u16) -> std::collections::BTreeMap<String, Value> {
+pub(crate) fn findings(port: u16) -> std::collections::BTreeMap<String, Value> {
     let out = Command::new(support::python())
         .arg(support::fixture(HELPER))
         .args(["findings", &url(port)])
