@@ -239,6 +239,8 @@ struct Session {
     transport: Option<Arc<AnyTransport>>,
     publisher: Option<(DefenderHandle, JoinHandle<()>)>,
     siem: SiemSink,
+    /// Alarms as Security Hub findings (`publish.securityHub`).
+    findings: crate::publish::securityhub::FindingsSink,
     alarms: AlarmTopics,
     format: crate::report::Format,
     report_every: Duration,
@@ -347,6 +349,12 @@ impl Session {
             &status,
         )
         .await;
+        let findings = crate::publish::securityhub::FindingsSink::start(
+            &config.publish.security_hub,
+            state.path(),
+            &status,
+        )
+        .await;
         let report_every = Duration::from_secs(config.report.interval_seconds);
         let tick_every = pipeline
             .detection_interval()
@@ -368,6 +376,7 @@ impl Session {
             transport,
             publisher,
             siem,
+            findings,
             format,
             report_every,
             tick_every,
@@ -441,6 +450,7 @@ impl Session {
         let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
+        self.findings.submit(&tick.alarms).await;
         for alarm in &tick.alarms {
             // `status` lists the open alarms.
             let key = format!("alarm.{}", alarm.key());
@@ -526,6 +536,7 @@ impl Session {
             let _ = task.await;
         }
         self.siem.shutdown().await;
+        self.findings.shutdown().await;
         if let Some(transport) = self.transport.take()
             && let AnyTransport::Mqtt(mqtt) = &*transport
         {

@@ -16,6 +16,8 @@ mod plugins_precompiled;
 mod plugins_python;
 mod report;
 mod run;
+#[cfg(feature = "securityhub")]
+mod securityhub;
 mod splunk;
 #[allow(dead_code)] // Each helper is used by some test modules, not all.
 mod support;

@@ -5,10 +5,13 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+#[cfg(any(feature = "firehose", feature = "securityhub"))]
+mod aws;
 pub mod defender;
 pub mod firehose;
 pub mod mqtt;
 pub mod outbox;
+pub mod securityhub;
 
 use std::future::Future;
 
@@ -70,6 +73,8 @@ pub struct PublishConfig {
     pub outbox: outbox::OutboxLimits,
     /// The Device Defender protocol: publish floor, reply timeout.
     pub device_defender: defender::DefenderConfig,
+    /// Local detection's alarms as AWS Security Hub findings.
+    pub security_hub: securityhub::SecurityHubConfig,
 }
 
 impl PublishConfig {
@@ -84,6 +89,7 @@ impl PublishConfig {
         }
         self.outbox.check("publish.outbox")?;
         self.firehose.check()?;
+        self.security_hub.check()?;
         if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
             return Err(
                 "key `publish.mqtt.endpoint`: required when `publish.transport` is `mqtt`"

@@ -7,15 +7,12 @@
 //! sample is the unit of acknowledgement while records are packed across
 //! samples up to the billing-friendly size budget.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_sdk_firehose::Client;
-use aws_sdk_firehose::config::ProvideCredentials;
 use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::operation::describe_delivery_stream::DescribeDeliveryStreamError;
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
@@ -29,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
 use crate::backoff::Backoff;
+use crate::publish::aws::{self, backoff, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::sample::Sample;
 use crate::status::Status;
@@ -131,7 +129,7 @@ impl FirehoseSink {
     ) -> Result<(FirehoseHandle, JoinHandle<()>), FirehoseError> {
         config.check().map_err(FirehoseError::Config)?;
         let stream = config.delivery_stream.clone();
-        let sdk = load_sdk_config(config, loader).await;
+        let sdk = aws::sdk_config(config.region.as_deref(), loader).await;
         let region =
             sdk.region()
                 .map(ToString::to_string)
@@ -244,46 +242,18 @@ impl FirehoseHandle {
     }
 }
 
-async fn load_sdk_config(config: &FirehoseConfig, loader: ConfigLoader) -> SdkConfig {
-    // One TLS stack (rustls with ring) for both the SDK and the credential
-    // providers; without an explicit client the trimmed SDK has none and
-    // fails at the first call.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let mut loader = loader.http_client(http).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .build(),
-    );
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    loader.load().await
-}
-
 async fn check_credentials(
     sdk: &SdkConfig,
     stream: &str,
     region: &str,
 ) -> Result<(), FirehoseError> {
-    let no_credentials = |reason: String| FirehoseError::NoCredentials {
-        stream: stream.to_owned(),
-        region: region.to_owned(),
-        reason,
-    };
-    let provider = sdk
-        .credentials_provider()
-        .ok_or_else(|| no_credentials("no credentials provider configured".to_owned()))?;
-    provider
-        .provide_credentials()
+    aws::check_credentials(sdk)
         .await
-        .map_err(|e| no_credentials(error_chain(&e)))?;
-    Ok(())
+        .map_err(|reason| FirehoseError::NoCredentials {
+            stream: stream.to_owned(),
+            region: region.to_owned(),
+            reason,
+        })
 }
 
 async fn check_stream(client: &Client, stream: &str, region: &str) -> Result<(), FirehoseError> {
@@ -702,70 +672,9 @@ enum CallOutcome {
     Failed { fatal: bool },
 }
 
-/// Full-jitter exponential backoff: a random delay between half and all of
-/// `base * 2^(round-1)`, capped at `max`. Jitter keeps a fleet of devices
-/// that lost the network together from retrying in lockstep.
-fn backoff(base: Duration, max: Duration, round: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << round.saturating_sub(1).min(20))
-        .min(max);
-    let half = ceiling / 2;
-    let spread = ceiling.saturating_sub(half).as_millis() as u64;
-    // RandomState is seeded randomly per instance: enough randomness for
-    // jitter without a dependency.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    half + Duration::from_millis(random % (spread + 1))
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-fn lock(outbox: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
-    // A panic while holding the lock leaves the outbox's files consistent
-    // (each operation is one rename or remove), so a poisoned lock is usable.
-    outbox.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// An error and its sources on one line: the SDK's top-level messages
-/// ("dispatch failure", "service error") say little without them.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for round in 1..30 {
-            let ceiling = (base * 2u32.pow(round.min(20) - 1)).min(max);
-            let d = backoff(base, max, round);
-            assert!(
-                d >= ceiling / 2 && d <= ceiling,
-                "round {round}: {d:?} vs {ceiling:?}"
-            );
-        }
-        let spread: std::collections::BTreeSet<Duration> =
-            (0..50).map(|_| backoff(base, max, 6)).collect();
-        assert!(spread.len() > 5, "jitter varies the delay: {spread:?}");
     }
 }
