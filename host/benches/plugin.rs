@@ -24,6 +24,9 @@ use serde_json::json;
 #[path = "support/plugins.rs"]
 mod common;
 
+#[path = "support/call_path.rs"]
+mod call_path;
+
 use common::{big_sample, guests, rss_kib, wasm};
 
 const EXAMPLES: [&str; 3] = ["port-allowlist", "owner-enrichment", "system-metrics"];
@@ -155,7 +158,32 @@ fn load(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, per_call, load);
+/// The call path before and after issue 11 (see support/call_path.rs), on
+/// port-allowlist with an empty sample (the fixed cost of a call) and with
+/// the 1,000-connection sample.
+fn call_overhead(c: &mut Criterion) {
+    let guests = guests();
+    let wasm = std::fs::read(wasm(&guests, "port-allowlist")).unwrap();
+    let config = [("tcp".to_owned(), "22,443,8883".to_owned())];
+    let mut paths = call_path::Paths::new(&wasm, &config);
+    let mut group = c.benchmark_group("call_path");
+    for (label, sample) in [
+        ("empty", Sample::default()),
+        ("1000_connections", big_sample()),
+    ] {
+        let input = call_path::to_wit(&sample);
+        assert!(paths.old(&input) && paths.new_path(&input));
+        group.bench_function(format!("old/{label}"), |b| {
+            b.iter(|| black_box(paths.old(&input)))
+        });
+        group.bench_function(format!("new/{label}"), |b| {
+            b.iter(|| black_box(paths.new_path(&input)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, per_call, call_overhead, load);
 
 /// Resident memory added per loaded and called plugin: 20 copies of each
 /// example, each with its own store, after one call each.

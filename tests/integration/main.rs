@@ -12,6 +12,7 @@ mod golden;
 mod ipc;
 mod packaging;
 mod plugins;
+mod plugins_faults;
 mod plugins_precompiled;
 mod plugins_python;
 mod report;

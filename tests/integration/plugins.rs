@@ -55,8 +55,46 @@ pub fn guests() -> &'static Path {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        target_dir.join("wasm32-wasip2").join("release")
+        let out = target_dir.join("wasm32-wasip2").join("release");
+        let wat_dir = support::fixture("plugins/wat");
+        for entry in std::fs::read_dir(&wat_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "wat") {
+                let stem = path.file_stem().unwrap().to_str().unwrap();
+                let component = component_from_wat(&path);
+                std::fs::write(out.join(format!("{}.wasm", stem.replace('-', "_"))), component)
+                    .unwrap();
+            }
+        }
+        out
     })
+}
+
+/// A plugin component from a core module in WAT that exports the processor
+/// functions under their canonical ABI names: the way `wasm-tools component
+/// embed` + `component new` build one, with the interface from wit/.
+fn component_from_wat(path: &Path) -> Vec<u8> {
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| -> ! { panic!("{what} {}: {e:#}", path.display()) };
+    let mut module = wat::parse_file(path).unwrap_or_else(|e| fail("parsing", &e));
+    let mut resolve = wit_parser::Resolve::default();
+    let (package, _) = resolve
+        .push_dir(support::repo().join("wit"))
+        .unwrap_or_else(|e| fail("reading wit/ for", &e));
+    let world = resolve
+        .select_world(&[package], Some("plugin"))
+        .unwrap_or_else(|e| fail("finding the plugin world for", &e));
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap_or_else(|e| fail("embedding the interface in", &e));
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .and_then(|e| e.validate(true).encode())
+        .unwrap_or_else(|e| fail("making a component of", &e))
 }
 
 /// A built guest, by crate name (`port-allowlist`, `fault-loop`...).
@@ -112,20 +150,42 @@ pub(crate) fn capture<R>(f: impl FnOnce() -> R) -> (R, String) {
     (result, text)
 }
 
+/// A compile cache shared by the tests that do not look into the cache:
+/// entries are keyed by the component's digest, and compiling a plugin in a
+/// debug build takes seconds.
+pub(crate) fn shared_cache() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 /// A plugin folder, cache and status for one test.
-struct Rig {
-    tmp: tempfile::TempDir,
-    status: Status,
+pub(crate) struct Rig {
+    pub tmp: tempfile::TempDir,
+    pub status: Status,
+    /// Where compiled plugins go: the rig's own, or [`shared_cache`].
+    cache: PathBuf,
 }
 
 impl Rig {
     /// `plugins`: (plugin name, built crate) pairs copied into the folder.
-    fn new(plugins: &[(&str, &str)]) -> Rig {
+    /// The rig has a compile cache of its own.
+    pub fn new(plugins: &[(&str, &str)]) -> Rig {
         let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("state").join("plugin-cache");
+        Rig::with_cache(plugins, tmp, cache)
+    }
+
+    /// As [`Rig::new`], compiling into [`shared_cache`].
+    pub fn shared(plugins: &[(&str, &str)]) -> Rig {
+        Rig::with_cache(plugins, tempfile::tempdir().unwrap(), shared_cache().into())
+    }
+
+    fn with_cache(plugins: &[(&str, &str)], tmp: tempfile::TempDir, cache: PathBuf) -> Rig {
         std::fs::create_dir(tmp.path().join("plugins")).unwrap();
         let rig = Rig {
             tmp,
             status: Status::new(),
+            cache,
         };
         for (name, krate) in plugins {
             rig.install(name, &wasm(krate));
@@ -133,23 +193,23 @@ impl Rig {
         rig
     }
 
-    fn dir(&self) -> PathBuf {
+    pub fn dir(&self) -> PathBuf {
         self.tmp.path().join("plugins")
     }
 
-    fn cache(&self) -> PathBuf {
-        self.tmp.path().join("state").join("plugin-cache")
+    pub fn cache(&self) -> PathBuf {
+        self.cache.clone()
     }
 
     /// Copies a plugin in atomically (temp file + rename), as a deployment
     /// would.
-    fn install(&self, name: &str, from: &Path) {
+    pub fn install(&self, name: &str, from: &Path) {
         let tmp = self.dir().join(format!(".{name}.wasm.tmp"));
         std::fs::copy(from, &tmp).unwrap();
         std::fs::rename(&tmp, self.dir().join(format!("{name}.wasm"))).unwrap();
     }
 
-    fn config(&self, extra: serde_json::Value) -> PluginsConfig {
+    pub fn config(&self, extra: serde_json::Value) -> PluginsConfig {
         let mut value = json!({ "dir": self.dir() });
         if let serde_json::Value::Object(extra) = extra {
             value.as_object_mut().unwrap().extend(extra);
@@ -157,18 +217,18 @@ impl Rig {
         serde_json::from_value(value).unwrap()
     }
 
-    fn start(&self, extra: serde_json::Value) -> (PluginHost, String) {
+    pub fn start(&self, extra: serde_json::Value) -> (PluginHost, String) {
         let config = self.config(extra);
         let (host, logs) =
             capture(|| PluginHost::start(&config, &self.cache(), self.status.clone()));
         (host.unwrap(), logs)
     }
 
-    fn n(&self, plugin: &str, counter: &str) -> u64 {
+    pub fn n(&self, plugin: &str, counter: &str) -> u64 {
         self.status.number(&format!("plugin.{plugin}.{counter}"))
     }
 
-    fn text(&self, plugin: &str, what: &str) -> String {
+    pub fn text(&self, plugin: &str, what: &str) -> String {
         match self.status.get(&format!("plugin.{plugin}.{what}")) {
             Some(Value::Text(t)) => t,
             other => panic!("plugin.{plugin}.{what} is {other:?}"),
@@ -226,7 +286,7 @@ pub(crate) fn passed(p: Processed) -> Sample {
 
 #[test]
 fn port_allowlist_alerts_on_rogue_ftp_and_drops_ephemeral_ports() {
-    let rig = Rig::new(&[("port-allowlist", "port-allowlist")]);
+    let rig = Rig::shared(&[("port-allowlist", "port-allowlist")]);
     let (host, logs) = rig.start(json!({ "settings": { "port-allowlist": {
         "config": { "tcp": "22", "udp": 68, "dropEphemeralFrom": "32768" } } } }));
     assert!(logs.contains("plugin loaded"), "{logs}");
@@ -253,7 +313,7 @@ fn port_allowlist_alerts_on_rogue_ftp_and_drops_ephemeral_ports() {
 
 #[test]
 fn plugins_run_in_configured_order_and_enrich() {
-    let rig = Rig::new(&[
+    let rig = Rig::shared(&[
         ("port-allowlist", "port-allowlist"),
         ("owner", "owner-enrichment"),
     ]);
@@ -270,7 +330,7 @@ fn plugins_run_in_configured_order_and_enrich() {
 
 #[test]
 fn system_metrics_reads_only_what_is_granted() {
-    let rig = Rig::new(&[("system-metrics", "system-metrics")]);
+    let rig = Rig::shared(&[("system-metrics", "system-metrics")]);
     let granted = rig.tmp.path().join("granted");
     std::fs::create_dir(&granted).unwrap();
     std::fs::write(granted.join("loadavg"), "0.10 0.20 0.30 2/187 999\n").unwrap();
@@ -347,7 +407,7 @@ fn system_metrics_reads_only_what_is_granted() {
 
 #[test]
 fn infinite_loop_times_out_then_plugin_is_disabled_until_reloaded() {
-    let rig = Rig::new(&[("loop", "fault-loop")]);
+    let rig = Rig::shared(&[("loop", "fault-loop")]);
     let (host, _) = rig.start(json!({ "settings": { "loop": { "limits": {
         "callTimeoutMs": 50, "restartBackoffMs": 0, "maxFailures": 3 } } } }));
     let started = Instant::now();
@@ -389,7 +449,7 @@ fn infinite_loop_times_out_then_plugin_is_disabled_until_reloaded() {
 
 #[test]
 fn memory_hog_is_stopped_by_the_memory_limit() {
-    let rig = Rig::new(&[("hog", "fault-memory-hog")]);
+    let rig = Rig::shared(&[("hog", "fault-memory-hog")]);
     let (host, _) =
         rig.start(json!({ "settings": { "hog": { "limits": { "memoryMib": "16" } } } }));
     let (out, logs) = capture(|| host.process(sample()));
@@ -404,7 +464,7 @@ fn memory_hog_is_stopped_by_the_memory_limit() {
 
 #[test]
 fn panic_is_logged_and_fail_closed_holds_the_report() {
-    let rig = Rig::new(&[("panic", "fault-panic")]);
+    let rig = Rig::shared(&[("panic", "fault-panic")]);
     let (host, _) = rig.start(json!({ "settings": { "panic": {
         "onFailure": "closed", "limits": { "restartBackoffMs": 0 } } } }));
     let (out, logs) = capture(|| host.process(sample()));
@@ -433,7 +493,7 @@ fn panic_is_logged_and_fail_closed_holds_the_report() {
 
 #[test]
 fn invalid_output_is_rejected_naming_plugin_and_field() {
-    let rig = Rig::new(&[
+    let rig = Rig::shared(&[
         ("bad-metric", "fault-invalid-metric"),
         ("huge", "fault-huge-output"),
     ]);
@@ -474,7 +534,7 @@ fn invalid_output_is_rejected_naming_plugin_and_field() {
 
 #[test]
 fn plugins_that_cannot_load_are_reported_and_the_rest_run() {
-    let rig = Rig::new(&[
+    let rig = Rig::shared(&[
         ("slow-init", "fault-slow-init"),
         ("unknown-import", "fault-unknown-import"),
         ("future", "fault-future-world"),
@@ -550,10 +610,15 @@ fn compiled_plugins_are_cached_and_a_broken_cache_entry_is_replaced() {
     std::fs::write(&entries[0], b"not a cwasm").unwrap();
     let (host, logs) = rig.start(settings);
     assert!(
-        logs.contains("discarding unusable compile cache entry"),
+        logs.contains("refusing compile cache entry") && logs.contains("is not what was written"),
         "{logs}"
     );
     assert_eq!(passed(host.process(sample())).annotations["owner"], "x");
+    let rewritten: Vec<PathBuf> = std::fs::read_dir(rig.cache())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rewritten, entries, "the entry is written again");
     assert!(
         std::fs::metadata(&entries[0]).unwrap().len() > 1000,
         "entry rewritten"
@@ -561,7 +626,7 @@ fn compiled_plugins_are_cached_and_a_broken_cache_entry_is_replaced() {
 }
 
 /// Waits until `f` returns `Some` (hot reload happens on the watcher thread).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f() {
@@ -574,7 +639,7 @@ fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn hot_reload_replaces_keeps_old_on_failure_and_unloads() {
-    let rig = Rig::new(&[("p", "port-allowlist")]);
+    let rig = Rig::shared(&[("p", "port-allowlist")]);
     let (host, _) = rig.start(json!({ "hotReload": true, "settings": { "p": {
         "config": { "tcp": "22", "owner": "ops" } } } }));
     assert_eq!(passed(host.process(sample())).alerts.len(), 4);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 
+use super::cache::CompileCache;
 use super::runtime::{self, Runtime, WIT_PACKAGE, WIT_VERSION};
 use super::{Grants, PluginHost, PluginSettings, PluginsConfig, Processed};
 use crate::sample::Sample;
@@ -75,6 +76,14 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Compile the component on standard input into the compile cache at
+    /// --cache. The running host starts this to compile in a process whose
+    /// memory goes back to the system when it exits; not for people.
+    #[command(hide = true)]
+    CompileIntoCache {
+        #[arg(long)]
+        cache: PathBuf,
+    },
 }
 
 /// A device architecture to precompile for.
@@ -141,6 +150,16 @@ pub fn run(
         } => {
             let output = output.unwrap_or_else(|| file.with_extension("cwasm"));
             precompile(&file, target, &output, out)
+        }
+        PluginCommand::CompileIntoCache { cache } => {
+            let mut wasm = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut wasm)
+                .context("reading the component from standard input")?;
+            let cache = CompileCache::open(&cache)
+                .with_context(|| format!("compile cache {}", cache.display()))?;
+            let path = runtime::compile_into_cache(&wasm, &cache).map_err(anyhow::Error::msg)?;
+            writeln!(out, "{}", path.display())?;
+            Ok(())
         }
         PluginCommand::Compile {
             file: None, dir, ..
@@ -472,6 +491,8 @@ fn precompile(
 
 fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     let rt = Runtime::new().map_err(|e| anyhow::anyhow!("cannot create the engine: {e:#}"))?;
+    let cache = CompileCache::open(cache_dir)
+        .with_context(|| format!("compile cache {}", cache_dir.display()))?;
     let files = super::plugin_files(dir)
         .with_context(|| format!("plugin directory {}", dir.display()))?
         .into_iter()
@@ -481,11 +502,13 @@ fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
         let wasm =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let started = Instant::now();
-        match rt.load(&name, &wasm, Some(cache_dir)) {
+        match rt.load(&name, &wasm, Some(&cache)) {
             Ok(_) => writeln!(
                 out,
                 "{name}: {} ({} ms)",
-                rt.cache_path(&wasm, cache_dir).display(),
+                cache
+                    .get(&rt.cache_key(&wasm))
+                    .map_or_else(|| "not cached".to_owned(), |(p, _)| p.display().to_string()),
                 started.elapsed().as_millis()
             )?,
             Err(e) => {

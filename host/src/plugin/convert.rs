@@ -132,14 +132,32 @@ pub(crate) fn from_wit(
     if out.alerts.len() != before.alerts.len() {
         return reject("alerts", "is read-only; raise alerts through output.alerts");
     }
-    check_len("listening-tcp-ports", out.listening_tcp_ports.len(), max)?;
-    check_len("listening-udp-ports", out.listening_udp_ports.len(), max)?;
-    check_len(
-        "established-connections",
-        out.established_connections.len(),
+    // A list may keep what the host handed over (a device under a port
+    // scan has more than 10,000 connections) plus at most `max` entries.
+    check_added(
+        "listening-tcp-ports",
+        out.listening_tcp_ports.len(),
+        before.listening_tcp_ports.len(),
         max,
     )?;
-    check_len("annotations", out.annotations.len(), max)?;
+    check_added(
+        "listening-udp-ports",
+        out.listening_udp_ports.len(),
+        before.listening_udp_ports.len(),
+        max,
+    )?;
+    check_added(
+        "established-connections",
+        out.established_connections.len(),
+        before.established_connections.len(),
+        max,
+    )?;
+    check_added(
+        "annotations",
+        out.annotations.len(),
+        before.annotations.len(),
+        max,
+    )?;
     check_len(
         "custom-metrics",
         out.custom_metrics.len(),
@@ -201,18 +219,24 @@ pub(crate) fn from_wit(
     let mut custom_metrics = BTreeMap::new();
     for (i, m) in out.custom_metrics.into_iter().enumerate() {
         let field = format!("custom-metrics[{i}]");
+        let given = before.custom_metrics.get(&m.name).map_or(0, |v| match v {
+            CustomMetricValue::Number(_) => 0,
+            CustomMetricValue::NumberList(l) => l.len(),
+            CustomMetricValue::StringList(l) | CustomMetricValue::IpList(l) => l.len(),
+        });
+        let value_field = format!("{field}.value");
         let value = match m.value {
             wit::MetricValue::Number(n) => CustomMetricValue::Number(n),
             wit::MetricValue::NumberList(l) => {
-                check_len(&format!("{field}.value"), l.len(), max)?;
+                check_added(&value_field, l.len(), given, max)?;
                 CustomMetricValue::NumberList(l)
             }
             wit::MetricValue::StringList(l) => {
-                check_len(&format!("{field}.value"), l.len(), max)?;
+                check_added(&value_field, l.len(), given, max)?;
                 CustomMetricValue::StringList(l)
             }
             wit::MetricValue::IpList(l) => {
-                check_len(&format!("{field}.value"), l.len(), max)?;
+                check_added(&value_field, l.len(), given, max)?;
                 CustomMetricValue::IpList(l)
             }
         };
@@ -280,13 +304,74 @@ pub(crate) fn from_wit(
 }
 
 fn check_len(field: &str, len: usize, max: usize) -> Result<(), OutputError> {
-    if len > max {
-        return reject(
-            field,
-            format!("{len} entries, more than the limit of {max}"),
-        );
+    check_added(field, len, 0, max)
+}
+
+/// A list of `len` entries where the plugin was given `given`: at most
+/// `max` more than it was given.
+fn check_added(field: &str, len: usize, given: usize, max: usize) -> Result<(), OutputError> {
+    if len <= given.saturating_add(max) {
+        return Ok(());
     }
-    Ok(())
+    let message = if given == 0 {
+        format!("{len} entries, more than the limit of {max}")
+    } else {
+        format!(
+            "{len} entries, {} more than the {given} the plugin was given, over the limit of {max}",
+            len - given
+        )
+    };
+    reject(field, message)
+}
+
+/// The bytes wasmtime counts against the hostcall fuel when a sample like
+/// `s` comes back from a plugin: each list's length times its element's
+/// size, plus every string's length (wasmtime's own accounting when it
+/// lifts values). Only what a plugin adds beyond this should count against
+/// `hostcallBytes`.
+pub(crate) fn lifted_bytes(s: &wit::Sample) -> usize {
+    fn list<T>(l: &[T]) -> usize {
+        std::mem::size_of_val(l)
+    }
+    let opt = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+    let pairs = |l: &[(String, String)]| -> usize {
+        list(l) + l.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let ports = |l: &[wit::ListeningPort]| -> usize {
+        list(l) + l.iter().map(|p| opt(&p.interface)).sum::<usize>()
+    };
+    let metrics: usize = s
+        .custom_metrics
+        .iter()
+        .map(|m| {
+            m.name.len()
+                + match &m.value {
+                    wit::MetricValue::Number(_) => 0,
+                    wit::MetricValue::NumberList(l) => list(l),
+                    wit::MetricValue::StringList(l) | wit::MetricValue::IpList(l) => {
+                        list(l) + l.iter().map(String::len).sum::<usize>()
+                    }
+                }
+        })
+        .sum();
+    let alerts: usize = s
+        .alerts
+        .iter()
+        .map(|a| a.source.len() + a.name.len() + a.message.len() + pairs(&a.attributes))
+        .sum();
+    s.thing.len()
+        + ports(&s.listening_tcp_ports)
+        + ports(&s.listening_udp_ports)
+        + list(&s.established_connections)
+        + s.established_connections
+            .iter()
+            .map(|c| c.remote_addr.len() + opt(&c.local_interface))
+            .sum::<usize>()
+        + list(&s.custom_metrics)
+        + metrics
+        + pairs(&s.annotations)
+        + list(&s.alerts)
+        + alerts
 }
 
 /// Interface names on Linux are at most 15 bytes; allow some slack but no
@@ -409,5 +494,38 @@ mod tests {
             let err = from_wit("p", w, vec![], &s, &limits).unwrap_err();
             assert_eq!(err.to_string(), expected);
         }
+    }
+
+    #[test]
+    fn lists_may_keep_what_the_host_gave_plus_the_limit() {
+        let limits = Limits::default();
+        let conn = |i: u32| EstablishedConnection {
+            remote_addr: SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 443)),
+            local_port: 40000,
+            local_interface: None,
+        };
+        let mut s = sample();
+        s.established_connections = (0..12_000).map(conn).collect();
+        s.established_connections.sort();
+        let echoed = from_wit("p", to_wit(&s), vec![], &s, &limits).unwrap();
+        assert_eq!(
+            echoed, s,
+            "a sample over maxListEntries comes back as it went"
+        );
+
+        let mut grown = to_wit(&s);
+        let more = to_wit(&Sample {
+            established_connections: (12_000..22_001).map(conn).collect(),
+            ..Sample::default()
+        });
+        grown
+            .established_connections
+            .extend(more.established_connections);
+        let err = from_wit("p", grown, vec![], &s, &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "established-connections: 22001 entries, 10001 more than the 12000 the plugin was \
+             given, over the limit of 10000"
+        );
     }
 }

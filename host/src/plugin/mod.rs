@@ -14,22 +14,35 @@
 //!   the report: fail-open passes the sample from before the plugin on,
 //!   fail-closed holds the report back. Restarts back off (1 s doubling to
 //!   30 s); too many failures in a window disable the plugin until reloaded.
-//! - **Calls are synchronous** and bounded by the CPU deadline (epochs), so
-//!   [`PluginHost::process`] may block for the sum of the plugins' budgets;
-//!   async callers use [`PluginHost::process_async`].
+//! - **Every call ends in time, whatever the plugin does**: running code
+//!   stops at its CPU budget (`callTimeoutMs`, `initTimeoutMs`), a wait in a
+//!   host call (sleep, `poll`) at the budget plus a small margin (see
+//!   `call`). [`PluginHost::process`] blocks its thread for at most the sum
+//!   of those; async callers use [`PluginHost::process_async`]. Nothing is
+//!   armed between calls.
+//! - **Memory is capped per plugin**: `memoryMib` bounds all its linear
+//!   memories and tables together; wasm threads and shared memories are off.
 //! - **Compiled code is cached** under the host's own cache directory, keyed
-//!   by the wasm's sha256 and the engine's compatibility hash.
+//!   by the wasm's sha256 and the engine's compatibility hash, and verified
+//!   (owner, mode, digest) before use (see `cache`). Artifacts are read into
+//!   memory, never mapped, so rewriting a file cannot change running code.
+//! - **Hot reload acts on content**: a finished write, rename or removal in
+//!   the plugin folder (see `watch`) reloads a plugin only when its bytes
+//!   changed; reading a file or writing the same bytes keeps the instance.
 //! - **Precompiled artifacts** (`<name>.cwasm`, built on a developer machine
 //!   with `plugin compile --target`) are loaded from the plugin directory
 //!   only when `plugins.trustPrecompiled` says the deployment vouches for
 //!   them; one built for another engine is refused by name, and the plugin
 //!   falls back to compiling its `.wasm` when there is one.
 
+mod cache;
+mod call;
 pub mod cli;
 mod config;
 mod convert;
 mod error;
 mod runtime;
+mod watch;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -37,8 +50,12 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
+// For the plugin bench, which measures the call path against the one it
+// replaced (host/benches/support/call_path.rs); not an API.
+#[doc(hidden)]
+pub use call::Calls;
 pub use config::{FailurePolicy, Grants, Limits, PluginSettings, PluginsConfig};
 pub use convert::OutputError;
 pub use error::{LoadError, LoadStage, PluginError};
@@ -46,13 +63,12 @@ pub use runtime::{WIT_PACKAGE, WIT_VERSION};
 
 use crate::sample::Sample;
 use crate::status::Status;
+use cache::CompileCache;
 use runtime::{FailureKind, Origin, Plugin, PluginPre, Runtime, State};
+use watch::DirWatcher;
 
 /// A backoff is reset to its base after this long without failures.
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
-/// Debounce of the plugin directory watcher: editors and `cp` write in
-/// several steps.
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 
 /// What became of a sample after all plugins ran.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,18 +106,14 @@ impl std::fmt::Debug for PluginHost {
 struct Inner {
     runtime: Runtime,
     config: PluginsConfig,
-    /// `None` only for one-off runs (`plugin test`), which leave no trace.
-    cache_dir: Option<PathBuf>,
+    /// `None` for one-off runs (`plugin test`), which leave no trace, and
+    /// when the cache directory cannot be trusted.
+    cache: Option<CompileCache>,
     status: Status,
     /// Sorted by (order, name).
     slots: RwLock<Vec<Arc<Slot>>>,
-    watcher: Mutex<Option<Watcher>>,
+    watcher: Mutex<Option<DirWatcher>>,
 }
-
-type Watcher = notify_debouncer_full::Debouncer<
-    notify::RecommendedWatcher,
-    notify_debouncer_full::RecommendedCache,
->;
 
 /// One plugin name, loaded or not.
 struct Slot {
@@ -115,6 +127,9 @@ struct SlotState {
     /// The compiled version in use; `None` when the file is missing or never
     /// loaded.
     version: Option<Version>,
+    /// The content of the last load that failed, so that events on the same
+    /// bad file log one error rather than one per event.
+    failed: Option<Sha>,
     /// The warm instance; `None` after a failure until re-instantiated.
     live: Option<Live>,
     failures: VecDeque<Instant>,
@@ -126,7 +141,11 @@ struct SlotState {
 
 struct Version {
     pre: PluginPre<State>,
+    /// What it was loaded from (see [`Bytes::digest`]).
+    digest: Sha,
 }
+
+type Sha = [u8; 32];
 
 /// The files one plugin may be loaded from.
 #[derive(Debug, Clone)]
@@ -135,6 +154,17 @@ pub(crate) struct Source {
     wasm: PathBuf,
     /// `<name>.cwasm`, when it exists and the configuration trusts it.
     precompiled: Option<PathBuf>,
+}
+
+/// A plugin's files, read once per load: what is compiled is what the
+/// digest describes, however the files change meanwhile.
+struct Bytes {
+    /// `None` when only a trusted precompiled artifact exists.
+    wasm: Option<Vec<u8>>,
+    precompiled: Option<Vec<u8>>,
+    /// sha256 over both, to tell a real change from a rewrite of the same
+    /// bytes.
+    digest: Sha,
 }
 
 struct Live {
@@ -160,11 +190,23 @@ impl PluginHost {
         cache_dir: &Path,
         status: Status,
     ) -> Result<PluginHost, PluginError> {
-        let runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        let mut runtime = Runtime::new().map_err(|e| PluginError::Engine(format!("{e:#}")))?;
+        // A long-running host compiles in a child process, so that what the
+        // compiler used goes back to the system (see `runtime`).
+        runtime.compile_in_child = true;
+        note_trust(config, &status);
+        let cache = match config.dir {
+            Some(_) => CompileCache::open(cache_dir)
+                .inspect_err(|error| {
+                    warn!(%error, "compile cache unusable; compiling plugins at every start");
+                })
+                .ok(),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             runtime,
             config: config.clone(),
-            cache_dir: Some(cache_dir.to_owned()),
+            cache,
             status,
             slots: RwLock::new(Vec::new()),
             watcher: Mutex::new(None),
@@ -172,10 +214,6 @@ impl PluginHost {
         let Some(dir) = &config.dir else {
             return Ok(PluginHost { inner });
         };
-        runtime::create_private_dir(cache_dir).map_err(|source| PluginError::CacheDir {
-            path: cache_dir.to_owned(),
-            source,
-        })?;
         let files = plugin_files(dir).map_err(|source| PluginError::Dir {
             path: dir.clone(),
             source,
@@ -290,7 +328,7 @@ impl PluginHost {
         let inner = Arc::new(Inner {
             runtime,
             config,
-            cache_dir: None,
+            cache: None,
             status,
             slots: RwLock::new(Vec::new()),
             watcher: Mutex::new(None),
@@ -335,6 +373,37 @@ impl PluginHost {
 /// `plugin.<name>.<what>`
 fn key(name: &str, what: &str) -> String {
     format!("plugin.{name}.{what}")
+}
+
+/// Status key remembering whether `plugins.trustPrecompiled` was on, so a
+/// configuration update that turns it on is noticed (the status registry
+/// outlives sessions).
+const TRUST_KEY: &str = "plugin.trust_precompiled";
+
+/// Logs a change of `plugins.trustPrecompiled`. Turning it on lets whoever
+/// can write the plugin folder run native code in the host, so an update
+/// that does it is a warning, not news.
+fn note_trust(config: &PluginsConfig, status: &Status) {
+    let was_off =
+        matches!(status.get(TRUST_KEY), Some(crate::status::Value::Text(t)) if t == "off");
+    if config.trust_precompiled {
+        let dir = config.dir.as_deref().unwrap_or(Path::new("(none)"));
+        if was_off {
+            warn!(dir = %dir.display(), "a configuration update turned plugins.trustPrecompiled on: \
+                .cwasm files in the plugin folder now run as native code without being compiled here; \
+                only the deployment may write that folder (docs/DEPLOY.md)");
+        } else {
+            info!(dir = %dir.display(), "plugins.trustPrecompiled is on: .cwasm files in the plugin folder run without being compiled here");
+        }
+    }
+    status.set_text(
+        TRUST_KEY,
+        if config.trust_precompiled {
+            "on"
+        } else {
+            "off"
+        },
+    );
 }
 
 /// `(name, path)` of every `*.wasm` and `*.cwasm` file in `dir`, sorted.
@@ -411,6 +480,34 @@ impl Inner {
         }
     }
 
+    /// Reads the plugin's files once. A missing `.wasm` is fine when a
+    /// trusted precompiled artifact is there.
+    fn read(&self, name: &str, source: &Source) -> Result<Bytes, LoadError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| LoadError {
+                plugin: name.to_owned(),
+                stage: LoadStage::Read,
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+        };
+        let precompiled = source.precompiled.as_deref().map(read).transpose()?;
+        let wasm = match (&precompiled, read(&source.wasm)) {
+            (_, Ok(bytes)) => Some(bytes),
+            (Some(_), Err(_)) => None,
+            (None, Err(e)) => return Err(e),
+        };
+        let mut digest = Sha256::new();
+        for part in [&wasm, &precompiled] {
+            digest.update([u8::from(part.is_some())]);
+            digest.update(part.as_deref().unwrap_or_default());
+        }
+        Ok(Bytes {
+            wasm,
+            precompiled,
+            digest: digest.finalize().into(),
+        })
+    }
+
     /// The plugin's compiled code: the trusted precompiled artifact, or else
     /// the `.wasm` compiled or taken from the cache. A refused artifact falls
     /// back to the `.wasm` when there is one (a monitor that keeps running
@@ -419,11 +516,12 @@ impl Inner {
         &self,
         name: &str,
         source: &Source,
+        bytes: &Bytes,
     ) -> Result<(PluginPre<State>, Origin, String), LoadError> {
-        if let Some(artifact) = &source.precompiled {
-            match self.runtime.load_precompiled(name, artifact) {
-                Ok(pre) => return Ok((pre, Origin::Precompiled, artifact.display().to_string())),
-                Err(e) if source.wasm.is_file() => {
+        if let (Some(artifact), Some(path)) = (&bytes.precompiled, &source.precompiled) {
+            match self.runtime.load_precompiled_bytes(name, path, artifact) {
+                Ok(pre) => return Ok((pre, Origin::Precompiled, path.display().to_string())),
+                Err(e) if bytes.wasm.is_some() => {
                     warn!(plugin = %name, error = %e.message, wasm = %source.wasm.display(), "precompiled artifact refused; compiling the .wasm instead");
                     self.status.add(&key(name, "precompiled_refused"), 1);
                     self.status
@@ -432,39 +530,42 @@ impl Inner {
                 Err(e) => return Err(e),
             }
         }
-        let path = &source.wasm;
-        let wasm = std::fs::read(path).map_err(|e| LoadError {
-            plugin: name.to_owned(),
-            stage: LoadStage::Read,
-            message: format!("cannot read {}: {e}", path.display()),
-        })?;
-        let (pre, origin) = self.runtime.load(name, &wasm, self.cache_dir.as_deref())?;
-        let sha256 = format!("{:x}", Sha256::digest(&wasm));
+        let Some(wasm) = &bytes.wasm else {
+            return Err(LoadError {
+                plugin: name.to_owned(),
+                stage: LoadStage::Read,
+                message: format!("{} does not exist", source.wasm.display()),
+            });
+        };
+        let (pre, origin) = self.runtime.load(name, wasm, self.cache.as_ref())?;
+        let sha256 = format!("{:x}", Sha256::digest(wasm));
         Ok((pre, origin, format!("sha256 {}", &sha256[..12])))
     }
 
     /// Reads, compiles, links and initialises the plugin; on success the new
     /// version replaces the old one, otherwise the old one stays.
     fn try_load(&self, slot: &Slot, source: &Source) -> Result<(), LoadError> {
+        let bytes = self.read(&slot.name, source).inspect_err(|e| {
+            self.count_load_error(slot, e);
+        })?;
+        self.try_load_bytes(slot, source, &bytes)
+    }
+
+    fn try_load_bytes(&self, slot: &Slot, source: &Source, bytes: &Bytes) -> Result<(), LoadError> {
         let name = &slot.name;
-        let result = (|| -> Result<(Version, Live, Duration, Origin, String), LoadError> {
-            let started = Instant::now();
-            let (pre, origin, id) = self.code(name, source)?;
-            let compiled = started.elapsed();
-            let live = self.instantiate(slot, &pre)?;
-            Ok((Version { pre }, live, compiled, origin, id))
-        })();
-        let (version, live, compiled, origin, id) = match result {
+        let result =
+            (|| -> Result<(PluginPre<State>, Live, Duration, Origin, String), LoadError> {
+                let started = Instant::now();
+                let (pre, origin, id) = self.code(name, source, bytes)?;
+                let compiled = started.elapsed();
+                let live = self.instantiate(slot, &pre)?;
+                Ok((pre, live, compiled, origin, id))
+            })();
+        let (pre, live, compiled, origin, id) = match result {
             Ok(v) => v,
             Err(e) => {
-                self.status.add(&key(name, "load_errors"), 1);
-                self.status
-                    .set_text(&key(name, "last_error"), e.to_string());
-                let st = slot.lock();
-                if st.version.is_none() {
-                    self.status
-                        .set_text(&key(name, "state"), format!("failed: {e}"));
-                }
+                slot.lock().failed = Some(bytes.digest);
+                self.count_load_error(slot, &e);
                 return Err(e);
             }
         };
@@ -484,7 +585,10 @@ impl Inner {
         self.status
             .set_text(&key(name, "loaded_from"), origin.as_str());
         *st = SlotState {
-            version: Some(version),
+            version: Some(Version {
+                pre,
+                digest: bytes.digest,
+            }),
             live: Some(live),
             ..SlotState::default()
         };
@@ -493,6 +597,17 @@ impl Inner {
         }
         self.status.set_text(&key(name, "state"), "running");
         Ok(())
+    }
+
+    fn count_load_error(&self, slot: &Slot, e: &LoadError) {
+        let name = &slot.name;
+        self.status.add(&key(name, "load_errors"), 1);
+        self.status
+            .set_text(&key(name, "last_error"), e.to_string());
+        if slot.lock().version.is_none() {
+            self.status
+                .set_text(&key(name, "state"), format!("failed: {e}"));
+        }
     }
 
     /// Takes a plugin out of the pipeline because its file was removed.
@@ -525,42 +640,56 @@ impl Inner {
             .runtime
             .store(&slot.name, &slot.settings)
             .map_err(|e| fail(LoadStage::Grants, format!("{e:#}")))?;
-        store.set_epoch_deadline(runtime::deadline_ticks(limits.init_timeout_ms));
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| fail(LoadStage::Link, format!("{e:#}")))?;
         let config: Vec<(String, String)> = slot
             .settings
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        match bindings
-            .defender_plugin_processor()
-            .call_init(&mut store, &config)
-        {
-            Ok(Ok(())) => Ok(Live { store, bindings }),
-            Ok(Err(message)) => Err(fail(
-                LoadStage::Init,
-                format!("init returned an error: {message}"),
-            )),
-            Err(e) => {
-                let kind = runtime::classify(&e, store.data().limiter.memory_exceeded);
-                let what = match kind {
-                    FailureKind::Timeout => format!(
-                        "init ran longer than initTimeoutMs ({} ms)",
-                        limits.init_timeout_ms
-                    ),
-                    FailureKind::OutOfMemory => format!("init ran out of memory: {e:#}"),
-                    FailureKind::OutputTooLarge => format!(
-                        "init handed the host more than hostcallBytes ({} bytes)",
-                        limits.hostcall_bytes
-                    ),
-                    FailureKind::Trap => format!("init trapped: {e:#}"),
-                };
-                Err(fail(LoadStage::Init, what))
+        let deadline = runtime::arm(&mut store, Duration::from_millis(limits.init_timeout_ms));
+        let outcome = self.runtime.calls.run(deadline, async {
+            let bindings = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Err(fail(LoadStage::Link, format!("{e:#}"))))?;
+            match bindings
+                .defender_plugin_processor()
+                .call_init(&mut store, &config)
+                .await
+            {
+                Ok(Ok(())) => Ok(bindings),
+                Ok(Err(message)) => Err(Err(fail(
+                    LoadStage::Init,
+                    format!("init returned an error: {}", runtime::clip(message)),
+                ))),
+                Err(trap) => Err(Ok(trap)),
             }
-        }
+        });
+        let trap = match outcome {
+            Some(Ok(bindings)) => return Ok(Live { store, bindings }),
+            Some(Err(Err(load_error))) => return Err(load_error),
+            Some(Err(Ok(trap))) => Some(trap),
+            None => None,
+        };
+        let what = match trap {
+            None => format!(
+                "init waited in a host call (a sleep or poll) longer than initTimeoutMs ({} ms)",
+                limits.init_timeout_ms
+            ),
+            Some(e) => match runtime::classify(&e, store.data().limiter.memory_exceeded) {
+                FailureKind::Timeout => format!(
+                    "init ran longer than initTimeoutMs ({} ms)",
+                    limits.init_timeout_ms
+                ),
+                FailureKind::OutOfMemory => format!("init ran out of memory: {e:#}"),
+                FailureKind::OutputTooLarge => format!(
+                    "init handed the host more than hostcallBytes ({} bytes)",
+                    limits.hostcall_bytes
+                ),
+                FailureKind::Trap => format!("init trapped: {e:#}"),
+            },
+        };
+        Err(fail(LoadStage::Init, runtime::clip(what)))
     }
 
     /// Runs one plugin on the sample.
@@ -597,15 +726,26 @@ impl Inner {
             return self.unavailable(slot, sample, "not instantiated".into());
         };
         let limits = &slot.settings.limits;
+        let input = convert::to_wit(&sample);
         live.store.data_mut().log_lines = 0;
         live.store.data_mut().limiter.memory_exceeded = false;
-        live.store
-            .set_epoch_deadline(runtime::deadline_ticks(limits.call_timeout_ms));
-        let input = convert::to_wit(&sample);
-        let result = live
-            .bindings
-            .defender_plugin_processor()
-            .call_process(&mut live.store, &input);
+        // What the host hands over may come back (an echoed sample): only
+        // what the plugin adds counts against hostcallBytes.
+        live.store.set_hostcall_fuel(
+            limits
+                .hostcall_bytes
+                .saturating_add(convert::lifted_bytes(&input)),
+        );
+        let deadline = runtime::arm(
+            &mut live.store,
+            Duration::from_millis(limits.call_timeout_ms),
+        );
+        let result = self.runtime.calls.run(
+            deadline,
+            live.bindings
+                .defender_plugin_processor()
+                .call_process(&mut live.store, &input),
+        );
         drop(input);
         let dropped_lines = live.store.data().log_lines.saturating_sub(100);
         if dropped_lines > 0 {
@@ -617,16 +757,15 @@ impl Inner {
             live.store.data().limiter.peak_bytes as u64,
         );
         let output = match result {
-            Ok(Ok(output)) => output,
-            Ok(Err(message)) => {
-                self.status.add(&key(name, "errors"), 1);
-                warn!(plugin = %name, error = %message, "plugin returned an error");
-                return self.fail(slot, sample, format!("returned an error: {message}"));
+            Some(Ok(Ok(output))) => output,
+            Some(Ok(Err(message))) => {
+                let reason = format!("returned an error: {}", runtime::clip(message));
+                warn!(plugin = %name, %reason, "plugin failed");
+                self.count_failure(slot, &mut st, "errors", &reason);
+                return self.fail(slot, sample, reason);
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 let kind = runtime::classify(&e, live.store.data().limiter.memory_exceeded);
-                // A trapped store must never be entered again.
-                st.live = None;
                 let reason = match kind {
                     FailureKind::Timeout => format!(
                         "ran longer than callTimeoutMs ({} ms)",
@@ -639,7 +778,18 @@ impl Inner {
                     ),
                     FailureKind::Trap => format!("trapped: {e:#}"),
                 };
+                let reason = runtime::clip(reason);
+                // A trapped store must never be entered again.
                 self.record_failure(slot, &mut st, kind, &reason);
+                return self.fail(slot, sample, reason);
+            }
+            None => {
+                let reason = format!(
+                    "waited in a host call (a sleep or poll) longer than callTimeoutMs ({} ms)",
+                    limits.call_timeout_ms
+                );
+                // The call was abandoned half-way: its store is unusable.
+                self.record_failure(slot, &mut st, FailureKind::Timeout, &reason);
                 return self.fail(slot, sample, reason);
             }
         };
@@ -663,22 +813,24 @@ impl Inner {
                         Step::Next(next)
                     }
                     Err(e) => {
-                        self.status.add(&key(name, "rejected"), 1);
                         warn!(plugin = %name, field = %e.field, error = %e.message, "plugin output rejected");
-                        self.fail(slot, sample, format!("output rejected: {e}"))
+                        let reason = format!("output rejected: {e}");
+                        self.count_failure(slot, &mut slot.lock(), "rejected", &reason);
+                        self.fail(slot, sample, reason)
                     }
                 }
             }
         }
     }
 
-    /// Counts a trap-like failure and schedules the restart, or disables the
-    /// plugin when it failed too often.
-    fn record_failure(&self, slot: &Slot, st: &mut SlotState, kind: FailureKind, reason: &str) {
+    /// Counts a failure toward disabling the plugin (`maxFailures` within
+    /// `failureWindowSecs`), and disables it when that many came. Returns
+    /// whether it is now disabled.
+    fn count_failure(&self, slot: &Slot, st: &mut SlotState, counter: &str, reason: &str) -> bool {
         let name = &slot.name;
         let limits = &slot.settings.limits;
         let now = Instant::now();
-        self.status.add(&key(name, kind.counter()), 1);
+        self.status.add(&key(name, counter), 1);
         self.status.add(&key(name, "failures"), 1);
         self.status.set_text(&key(name, "last_error"), reason);
         st.failures.push_back(now);
@@ -689,31 +841,42 @@ impl Inner {
         {
             st.failures.pop_front();
         }
-        st.last_failure = Some(now);
-        if st.failures.len() as u64 >= limits.max_failures {
-            let why = format!(
-                "{} failures in {} s, last: {reason}",
-                st.failures.len(),
-                limits.failure_window_secs
-            );
-            error!(plugin = %name, reason = %why, "plugin disabled until reloaded");
-            self.status.add(&key(name, "disabled"), 1);
-            self.status
-                .set_text(&key(name, "state"), format!("disabled: {why}"));
-            st.disabled = Some(why);
-            st.live = None;
+        if (st.failures.len() as u64) < limits.max_failures {
+            return false;
+        }
+        let why = format!(
+            "{} failures in {} s, last: {reason}",
+            st.failures.len(),
+            limits.failure_window_secs
+        );
+        error!(plugin = %name, reason = %why, "plugin disabled until reloaded");
+        self.status.add(&key(name, "disabled"), 1);
+        self.status
+            .set_text(&key(name, "state"), format!("disabled: {why}"));
+        st.disabled = Some(why);
+        st.live = None;
+        true
+    }
+
+    /// A trap-like failure: the instance is gone. Counts it and schedules the
+    /// restart, unless the plugin is now disabled.
+    fn record_failure(&self, slot: &Slot, st: &mut SlotState, kind: FailureKind, reason: &str) {
+        st.live = None;
+        st.last_failure = Some(Instant::now());
+        if self.count_failure(slot, st, kind.counter(), reason) {
             return;
         }
+        let limits = &slot.settings.limits;
         let base = Duration::from_millis(limits.restart_backoff_ms);
         st.backoff = if st.backoff.is_zero() {
             base
         } else {
             (st.backoff * 2).min(Duration::from_millis(limits.max_restart_backoff_ms))
         };
-        st.retry_at = Some(now + st.backoff);
-        warn!(plugin = %name, kind = kind.counter(), %reason, retry_in_ms = st.backoff.as_millis() as u64, "plugin failed; instance dropped");
+        st.retry_at = Some(Instant::now() + st.backoff);
+        warn!(plugin = %slot.name, kind = kind.counter(), %reason, retry_in_ms = st.backoff.as_millis() as u64, "plugin failed; instance dropped");
         self.status.set_text(
-            &key(name, "state"),
+            &key(&slot.name, "state"),
             format!("restarting in {} ms", st.backoff.as_millis()),
         );
     }
@@ -744,52 +907,33 @@ impl Inner {
         }
     }
 
-    /// Starts the debounced watcher on the plugin directory. It holds only a
-    /// weak reference, so dropping the last `PluginHost` stops it.
+    /// Starts the watcher on the plugin directory. It holds only a weak
+    /// reference, so dropping the last `PluginHost` stops it.
     fn watch(self: &Arc<Self>, dir: &Path) -> Result<(), PluginError> {
         let weak: Weak<Inner> = Arc::downgrade(self);
-        let watch_dir = dir.to_owned();
-        let mut debouncer = notify_debouncer_full::new_debouncer(
-            RELOAD_DEBOUNCE,
-            None,
-            move |result: notify_debouncer_full::DebounceEventResult| {
-                let Some(inner) = weak.upgrade() else { return };
-                match result {
-                    Ok(events) => {
-                        let paths: BTreeSet<PathBuf> = events
-                            .iter()
-                            .flat_map(|e| e.paths.iter().cloned())
-                            .filter(|p| plugin_name(p).is_some() && p.parent() == Some(&watch_dir))
-                            .collect();
-                        for path in paths {
-                            inner.changed(&path);
-                        }
-                    }
-                    Err(errors) => {
-                        for e in errors {
-                            warn!(error = %e, "plugin directory watcher error");
-                        }
-                    }
+        let watcher = DirWatcher::start(
+            dir,
+            |path| plugin_name(path).is_some(),
+            move |path| match weak.upgrade() {
+                Some(inner) => {
+                    inner.changed(path);
+                    true
                 }
+                None => false,
             },
         )
-        .map_err(|e| PluginError::Watch {
+        .map_err(|message| PluginError::Watch {
             path: dir.to_owned(),
-            message: e.to_string(),
+            message,
         })?;
-        debouncer
-            .watch(dir, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| PluginError::Watch {
-                path: dir.to_owned(),
-                message: e.to_string(),
-            })?;
-        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(debouncer);
+        *self.watcher.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
         info!(dir = %dir.display(), "watching plugin directory for changes");
         Ok(())
     }
 
-    /// A `.wasm` or `.cwasm` file in the plugin directory changed: load the
-    /// plugin again, or unload it when nothing is left to load.
+    /// A `.wasm` or `.cwasm` file in the plugin directory was written,
+    /// renamed or removed: load the plugin again if what it would load from
+    /// changed, or unload it when nothing is left to load.
     fn changed(&self, path: &Path) {
         let Some(name) = plugin_name(path) else {
             return;
@@ -801,12 +945,32 @@ impl Inner {
         if !settings.enabled {
             return;
         }
-        match self.source(&name) {
-            Some(source) => {
-                let slot = self.slot(&name, settings);
-                self.load(&slot, &source);
+        let Some(source) = self.source(&name) else {
+            self.unload(&name);
+            return;
+        };
+        let slot = self.slot(&name, settings);
+        let bytes = match self.read(&name, &source) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.count_load_error(&slot, &e);
+                error!(plugin = %name, stage = %e.stage, error = %e.message, "plugin failed to load; keeping the previous version if any");
+                return;
             }
-            None => self.unload(&name),
+        };
+        {
+            let st = slot.lock();
+            let running = st
+                .version
+                .as_ref()
+                .is_some_and(|v| v.digest == bytes.digest);
+            if running || st.failed == Some(bytes.digest) {
+                debug!(plugin = %name, path = %path.display(), "plugin file touched without a change of content; nothing to do");
+                return;
+            }
+        }
+        if let Err(e) = self.try_load_bytes(&slot, &source, &bytes) {
+            error!(plugin = %name, stage = %e.stage, error = %e.message, "plugin failed to load; keeping the previous version if any");
         }
     }
 }

@@ -1,23 +1,25 @@
-//! The wasmtime side: one engine with an epoch ticker, the linker, the
-//! on-disk compile cache, and instances with their limits.
+//! The wasmtime side: one engine, the linker, loading from the compile
+//! cache or from bytes, and stores with their limits and deadlines.
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+use super::cache::{CompileCache, hex};
+use super::call::Calls;
 use super::config::PluginSettings;
 use super::error::{LoadError, LoadStage};
 
+// Exports are called asynchronously so that a call waiting in a WASI host
+// function (poll, a sleep) is a future that `call::Calls` can abandon.
 wasmtime::component::bindgen!({
     world: "plugin",
     path: "../wit",
+    exports: { default: async },
 });
 
 pub(crate) use defender::plugin::types as wit;
@@ -32,25 +34,20 @@ pub const WIT_VERSION: &str = "0.1.0";
 /// precompiled artifacts (which only load into the same release).
 pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
 
-/// How often the ticker advances the engine's epoch; deadlines are counted
-/// in these ticks.
-const TICK: Duration = Duration::from_millis(10);
-/// Longest log line kept from a plugin; Redpanda caps at 1 KiB too.
-const MAX_LOG_LINE: usize = 1024;
+/// Longest log line or error message kept from a plugin; Redpanda caps at
+/// 1 KiB too.
+pub(crate) const MAX_LOG_LINE: usize = 1024;
 /// Log lines a plugin may write in one call before the rest are counted only.
 const MAX_LOG_LINES_PER_CALL: u32 = 100;
 
-/// The shared engine and linker, and the ticker thread that drives epochs.
+/// The shared engine and linker, and what bounds every call.
 pub(crate) struct Runtime {
     pub engine: Engine,
     pub linker: Linker<State>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    pub calls: Calls,
+    /// Compile in a child process (see [`compile_elsewhere`]) when the
+    /// cache misses: set for the long-running host.
+    pub compile_in_child: bool,
 }
 
 impl Runtime {
@@ -58,25 +55,15 @@ impl Runtime {
         let engine = Engine::new(&engine_config(None)?)?;
         let mut linker = Linker::new(&engine);
         // std guests import WASI; the context below grants nothing unless
-        // the configuration says so.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // the configuration says so. Linked asynchronously: see `call`.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.clone();
-        let ticker_stop = stop.clone();
-        std::thread::Builder::new()
-            .name("plugin-epoch".into())
-            .spawn(move || {
-                while !ticker_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
-                    ticker_engine.increment_epoch();
-                }
-            })
-            .map_err(wasmtime::Error::from)?;
+        let calls = Calls::new(&engine).map_err(wasmtime::Error::from)?;
         Ok(Runtime {
             engine,
             linker,
-            stop,
+            calls,
+            compile_in_child: false,
         })
     }
 
@@ -85,7 +72,7 @@ impl Runtime {
         &self,
         name: &str,
         wasm: &[u8],
-        cache_dir: Option<&Path>,
+        cache: Option<&CompileCache>,
     ) -> Result<(PluginPre<State>, Origin), LoadError> {
         let fail = |stage, message: String| LoadError {
             plugin: name.to_owned(),
@@ -93,8 +80,8 @@ impl Runtime {
             message,
         };
         check_header(wasm).map_err(|m| fail(LoadStage::Compile, m))?;
-        let (component, origin) = match cache_dir {
-            Some(dir) => self.cached_component(wasm, dir),
+        let (component, origin) = match cache {
+            Some(cache) => self.cached_component(wasm, cache),
             None => Component::new(&self.engine, wasm).map(|c| (c, Origin::Compiled)),
         }
         .map_err(|e| fail(LoadStage::Compile, format!("{e:#}")))?;
@@ -102,10 +89,28 @@ impl Runtime {
     }
 
     /// Loads a component precompiled by `defender-edge plugin compile
-    /// --target`, without compiling. Only for files the configuration trusts
-    /// (`plugins.trustPrecompiled`): wasmtime does not validate precompiled
-    /// code, so whoever wrote the file can run native code in the host.
+    /// --target` from `path`, without compiling. Only for files the
+    /// configuration trusts (`plugins.trustPrecompiled`): wasmtime does not
+    /// validate precompiled code, so whoever wrote the file can run native
+    /// code in the host.
     pub fn load_precompiled(&self, name: &str, path: &Path) -> Result<PluginPre<State>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError {
+            plugin: name.to_owned(),
+            stage: LoadStage::Read,
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        self.load_precompiled_bytes(name, path, &bytes)
+    }
+
+    /// [`Runtime::load_precompiled`] on bytes read from `path` before. The
+    /// file is never mapped: another process may rewrite it while the
+    /// plugin runs, which would change code under the host's feet.
+    pub fn load_precompiled_bytes(
+        &self,
+        name: &str,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<PluginPre<State>, LoadError> {
         let refuse = |why: String| LoadError {
             plugin: name.to_owned(),
             stage: LoadStage::Precompiled,
@@ -118,30 +123,21 @@ impl Runtime {
                 WASMTIME_VERSION,
             ),
         };
-        if let Err(e) = std::fs::File::open(path) {
-            return Err(LoadError {
-                plugin: name.to_owned(),
-                stage: LoadStage::Read,
-                message: format!("cannot read {}: {e}", path.display()),
-            });
-        }
-        match Engine::detect_precompiled_file(path) {
-            Ok(Some(wasmtime::Precompiled::Component)) => {}
-            Ok(Some(wasmtime::Precompiled::Module)) => {
+        match Engine::detect_precompiled(bytes) {
+            Some(wasmtime::Precompiled::Component) => {}
+            Some(wasmtime::Precompiled::Module) => {
                 return Err(refuse("a precompiled core module, not a component".into()));
             }
-            // A file too short for the header is an error rather than `None`.
-            Ok(None) | Err(_) => {
-                return Err(refuse("not a wasmtime precompiled artifact".into()));
-            }
+            None => return Err(refuse("not a wasmtime precompiled artifact".into())),
         }
         // SAFETY: wasmtime checks the artifact's engine section (wasmtime
         // version, target, compiler flags, tunables, features) against this
         // engine and refuses a mismatch; what it cannot check is that the
         // code is what the compiler produced. The caller loads only files
         // the operator declared trusted (the deployment verified their
-        // digests), as documented for `plugins.trustPrecompiled`.
-        let component = unsafe { Component::deserialize_file(&self.engine, path) }
+        // digests), as documented for `plugins.trustPrecompiled`. The bytes
+        // are the host's own copy, so nobody can change them afterwards.
+        let component = unsafe { Component::deserialize(&self.engine, bytes) }
             .map_err(|e| refuse(format!("{e:#}")))?;
         self.link(name, &component)
     }
@@ -164,32 +160,31 @@ impl Runtime {
     /// The cache key: the wasm's sha256, the engine's compatibility hash and
     /// the host version, so a wasmtime upgrade or different CPU features
     /// never load a stale artifact.
-    pub fn cache_path(&self, wasm: &[u8], dir: &Path) -> PathBuf {
+    pub fn cache_key(&self, wasm: &[u8]) -> String {
         let mut compat = HashToSha(Sha256::new());
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut compat);
         compat.0.update(env!("CARGO_PKG_VERSION").as_bytes());
         let compat = compat.0.finalize();
-        dir.join(format!(
-            "{}-{}.cwasm",
-            hex(&Sha256::digest(wasm)),
-            hex(&compat[..8])
-        ))
+        format!("{}-{}", hex(&Sha256::digest(wasm)), hex(&compat[..8]))
     }
 
-    fn cached_component(&self, wasm: &[u8], dir: &Path) -> wasmtime::Result<(Component, Origin)> {
-        let path = self.cache_path(wasm, dir);
-        if path.is_file() {
-            // SAFETY: the file lives in the host's own cache directory
-            // (0700, written only by `precompile` below via temp + rename),
-            // never in the plugin directory, so it was produced by this
-            // engine configuration; `detect_precompiled_file` rejects files
-            // of another kind, and the key includes the compatibility hash.
-            let loaded = match Engine::detect_precompiled_file(&path) {
-                Ok(Some(wasmtime::Precompiled::Component)) => unsafe {
-                    Component::deserialize_file(&self.engine, &path)
+    fn cached_component(
+        &self,
+        wasm: &[u8],
+        cache: &CompileCache,
+    ) -> wasmtime::Result<(Component, Origin)> {
+        let key = self.cache_key(wasm);
+        if let Some((path, bytes)) = cache.get(&key) {
+            let loaded = match Engine::detect_precompiled(&bytes) {
+                // SAFETY: the entry passed the cache's checks (a regular file
+                // owned by this user, writable by no one else, holding the
+                // bytes this host wrote: see `cache`), and its key includes
+                // the engine's compatibility hash. It is loaded from the
+                // host's own copy of the bytes, never mapped.
+                Some(wasmtime::Precompiled::Component) => unsafe {
+                    Component::deserialize(&self.engine, &bytes)
                 },
-                Ok(_) => Err(wasmtime::Error::msg("not a precompiled component")),
-                Err(e) => Err(e),
+                _ => Err(wasmtime::Error::msg("not a precompiled component")),
             };
             match loaded {
                 Ok(c) => return Ok((c, Origin::Cache)),
@@ -199,12 +194,26 @@ impl Runtime {
                 }
             }
         }
-        let bytes = self.engine.precompile_component(wasm)?;
-        if let Err(error) = write_cache(dir, &path, &bytes) {
-            // The cache only saves time; a read-only disk must not stop plugins.
-            tracing::warn!(path = %path.display(), %error, "cannot write compile cache");
-        }
-        // SAFETY: these bytes were produced a moment ago by this engine.
+        let bytes = match self
+            .compile_in_child
+            .then(|| compile_elsewhere(wasm, cache, &key))
+        {
+            Some(Some(bytes)) => bytes,
+            _ => {
+                let bytes = self.engine.precompile_component(wasm)?;
+                if let Err(error) = cache.put(&key, &bytes) {
+                    // The cache only saves time; a read-only disk must not
+                    // stop plugins.
+                    tracing::warn!(dir = %cache.dir().display(), %error, "cannot write compile cache");
+                }
+                // Compiling here left the allocator holding memory the
+                // running host does not need.
+                release_memory();
+                bytes
+            }
+        };
+        // SAFETY: these bytes were produced a moment ago by this engine
+        // (here, or by this same binary in a child and read back verified).
         unsafe { Component::deserialize(&self.engine, &bytes) }.map(|c| (c, Origin::Compiled))
     }
 
@@ -233,18 +242,35 @@ impl Runtime {
             plugin: name.to_owned(),
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes: settings.limits.memory_bytes(),
-                memory_exceeded: false,
-                peak_bytes: 0,
-            },
+            limiter: Limiter::new(settings.limits.memory_bytes()),
             log_lines: 0,
+            deadline: Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_hostcall_fuel(settings.limits.hostcall_bytes);
+        // The engine's epoch advances only when some call's deadline passes
+        // (`call::Watchdog`), possibly another plugin's: the clock decides
+        // whether this store's own call is over.
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Continue(1))
+            }
+        });
         Ok(store)
     }
+}
+
+/// Starts a call on `store` with `budget` of running time; returns the
+/// deadline to hand to [`Calls::run`].
+pub(crate) fn arm(store: &mut Store<State>, budget: Duration) -> Instant {
+    let deadline = Instant::now() + budget;
+    store.data_mut().deadline = deadline;
+    // Interrupt at the next epoch advance, where the callback above decides.
+    store.set_epoch_deadline(1);
+    deadline
 }
 
 /// The one engine configuration, for this host (`target` `None`) or, when
@@ -258,6 +284,11 @@ fn engine_config(target: Option<&str>) -> wasmtime::Result<Config> {
     }
     // Epochs rather than fuel: fuel costs 2-3 times more per instruction.
     config.epoch_interruption(true);
+    // No wasm threads: an atomic wait would block inside the engine where
+    // no deadline reaches, and shared memories escape the memory limiter.
+    // A plugin using them is refused when it is compiled, by name.
+    config.wasm_threads(false);
+    config.shared_memory(false);
     config.max_wasm_stack(512 * 1024);
     // Plugins are small; a 4 GiB reservation per memory would exhaust the
     // address space of a 32-bit Pi with a handful of plugins. Set explicitly
@@ -402,56 +433,6 @@ pub(crate) fn compatible(plugin: &str, host: &str) -> bool {
     }
 }
 
-/// Entries kept in the compile cache; older ones (by modification time) are
-/// removed when a new one is written, so development reloads do not fill
-/// the disk. Far more than the plugins one device runs.
-const CACHE_ENTRIES: usize = 32;
-
-fn write_cache(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    create_private_dir(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    evict(dir, CACHE_ENTRIES)
-}
-
-/// Removes the oldest `.cwasm` files beyond `keep`.
-fn evict(dir: &Path, keep: usize) -> std::io::Result<()> {
-    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    if entries.len() <= keep {
-        return Ok(());
-    }
-    entries.sort();
-    for (_, path) in &entries[..entries.len() - keep] {
-        std::fs::remove_file(path)?;
-    }
-    Ok(())
-}
-
-/// Creates the cache directory readable by the host's user only: anyone who
-/// can write a `.cwasm` there can run native code in the host.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// Feeds `Hash` output into sha256: unlike `DefaultHasher`, stable across
 /// Rust releases, so the cache survives a host rebuild with the same engine.
 struct HashToSha(Sha256);
@@ -473,6 +454,8 @@ pub(crate) struct State {
     pub limiter: Limiter,
     /// Log lines written during the current call.
     pub log_lines: u32,
+    /// When the current call's running time is over (see [`arm`]).
+    deadline: Instant,
 }
 
 impl WasiView for State {
@@ -494,15 +477,7 @@ impl defender::plugin::log::Host for State {
         if self.log_lines > MAX_LOG_LINES_PER_CALL {
             return;
         }
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push_str("...");
-        }
+        let message = clip(message);
         let plugin = &self.plugin;
         match level {
             Level::Trace => tracing::trace!(plugin = %plugin, "{message}"),
@@ -514,53 +489,177 @@ impl defender::plugin::log::Host for State {
     }
 }
 
-/// The memory cap, remembering whether the plugin hit it so the failure is
-/// reported as out of memory rather than as a bare trap.
+/// Bytes counted per table element: wasmtime stores a function reference
+/// as a pointer and some metadata; 16 bytes errs on the side of the host.
+const TABLE_ELEMENT_BYTES: usize = 16;
+
+/// The memory cap of one plugin: its linear memories and tables together,
+/// however many there are. Remembers whether the plugin hit it, so the
+/// failure is reported as out of memory rather than as a bare trap.
 pub(crate) struct Limiter {
     memory_bytes: usize,
+    /// Bytes of all memories and tables of the store now.
+    used: usize,
     pub memory_exceeded: bool,
     pub peak_bytes: usize,
+}
+
+impl Limiter {
+    fn new(memory_bytes: usize) -> Limiter {
+        Limiter {
+            memory_bytes,
+            used: 0,
+            memory_exceeded: false,
+            peak_bytes: 0,
+        }
+    }
+
+    /// Accounts a memory or table going from `current` to `desired` bytes.
+    fn grow(&mut self, what: &str, current: usize, desired: usize) -> wasmtime::Result<bool> {
+        let after = (self.used - current.min(self.used)).saturating_add(desired);
+        if after > self.memory_bytes {
+            self.memory_exceeded = true;
+            // An error (not `false`) traps at once, instead of handing the
+            // guest allocator a -1 it may ignore.
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} MiB exceeded: growing a {what} would take the plugin's \
+                 memories and tables to {} MiB",
+                self.memory_bytes >> 20,
+                after.div_ceil(1 << 20)
+            )));
+        }
+        self.used = after;
+        self.peak_bytes = self.peak_bytes.max(after);
+        Ok(true)
+    }
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.memory_exceeded = true;
-            // An error (not `false`) traps at once, instead of handing the
-            // guest allocator a -1 it may ignore.
-            return Err(wasmtime::Error::msg(format!(
-                "memory limit of {} MiB exceeded (wanted {} MiB)",
-                self.memory_bytes >> 20,
-                desired.div_ceil(1 << 20)
-            )));
-        }
-        self.peak_bytes = self.peak_bytes.max(desired);
-        Ok(true)
+        self.grow("memory", current, desired)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        self.grow(
+            "table",
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+        )
     }
 
+    // Counts, so that many tiny memories cannot each reserve address space
+    // (64 MiB apiece): a Rust plugin uses one memory and a few instances,
+    // a Python one (componentize-py) some dozens of instances and tables.
     fn instances(&self) -> usize {
-        100
+        INSTANCES
     }
     fn tables(&self) -> usize {
-        100
+        TABLES
     }
     fn memories(&self) -> usize {
-        100
+        MEMORIES
     }
+}
+
+const INSTANCES: usize = 64;
+const TABLES: usize = 64;
+const MEMORIES: usize = 8;
+
+/// The binary's name, by which [`compile_elsewhere`] knows it may run
+/// itself (tests and benches embed the host in other binaries).
+const BINARY: &str = "defender-edge";
+
+/// Compiles `wasm` into `cache` in a child process, `defender-edge plugin
+/// compile-into-cache`, and returns the verified entry; `None` when that is
+/// not possible (not running as the `defender-edge` binary, the child
+/// failed), and the caller compiles in this process instead.
+///
+/// Why: Cranelift touches megabytes of the binary's code and allocates tens
+/// of megabytes on several threads; in this process that stays resident
+/// (13 MB more after start, docs/BENCHMARKS.md). A child gives all of it
+/// back when it exits, so the host is the same size whether it compiled or
+/// found its plugins in the cache. The child is this same binary, so it
+/// builds the same engine and writes under the same key.
+fn compile_elsewhere(wasm: &[u8], cache: &CompileCache, key: &str) -> Option<Vec<u8>> {
+    use std::io::Write;
+    let exe = std::env::current_exe().ok()?;
+    if !exe.file_name()?.to_str()?.starts_with(BINARY) {
+        return None;
+    }
+    let mut child = std::process::Command::new(&exe)
+        .args(["plugin", "compile-into-cache", "--cache"])
+        .arg(cache.dir())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .inspect_err(|error| tracing::warn!(exe = %exe.display(), %error, "cannot start a compiler process; compiling in the host"))
+        .ok()?;
+    // The child reads all of its input before it writes anything.
+    let fed = child.stdin.take().map(|mut stdin| stdin.write_all(wasm));
+    let output = child.wait_with_output().ok()?;
+    if !output.status.success() || !matches!(fed, Some(Ok(()))) {
+        let stderr = clip(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+        tracing::warn!(status = %output.status, %stderr, "compiler process failed; compiling in the host");
+        return None;
+    }
+    cache.get(key).map(|(_, bytes)| bytes)
+}
+
+/// What `plugin compile-into-cache` does in the child: compile with this
+/// host's engine configuration and store the artifact under its key.
+pub(crate) fn compile_into_cache(
+    wasm: &[u8],
+    cache: &CompileCache,
+) -> Result<std::path::PathBuf, String> {
+    check_header(wasm)?;
+    let rt = Runtime::new().map_err(|e| format!("cannot create the engine: {e:#}"))?;
+    let bytes = rt
+        .engine
+        .precompile_component(wasm)
+        .map_err(|e| format!("{e:#}"))?;
+    cache
+        .put(&rt.cache_key(wasm), &bytes)
+        .map_err(|e| format!("cannot write {}: {e}", cache.dir().display()))
+}
+
+/// Gives the heap memory freed after compiling back to the system.
+/// Cranelift allocates tens of megabytes while compiling a plugin, on
+/// several threads, and glibc keeps what was freed in its per-thread arenas:
+/// without this, a host that compiled its plugins stays twice the size of
+/// one that loaded them from the cache.
+pub(crate) fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `text` cut to [`MAX_LOG_LINE`] bytes (at a character boundary) with
+/// `...` appended when cut: a plugin's log line or error message cannot
+/// flood the log, the status file or the reason a report was held.
+pub(crate) fn clip(mut text: String) -> String {
+    if text.len() > MAX_LOG_LINE {
+        let mut end = MAX_LOG_LINE;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
 }
 
 /// A clock stuck at zero, for plugins not granted the clock.
@@ -582,12 +681,6 @@ impl wasmtime_wasi::HostMonotonicClock for ZeroClock {
     fn now(&self) -> u64 {
         0
     }
-}
-
-/// Epoch ticks for a CPU budget, rounded up, plus one because the current
-/// tick may be about to end.
-pub(crate) fn deadline_ticks(budget_ms: u64) -> u64 {
-    budget_ms.div_ceil(TICK.as_millis() as u64).max(1) + 1
 }
 
 /// How a failed call ended, for counters and logs.
@@ -633,6 +726,7 @@ pub(crate) fn classify(error: &wasmtime::Error, memory_exceeded: bool) -> Failur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn version_compatibility_follows_cargo_semver() {
@@ -650,26 +744,6 @@ mod tests {
         ] {
             assert_eq!(compatible(plugin, host), ok, "{plugin} on {host}");
         }
-    }
-
-    #[test]
-    fn cache_keeps_the_newest_entries() {
-        let dir = std::env::temp_dir().join(format!("plugin-evict-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        for i in 0..5 {
-            std::fs::write(dir.join(format!("{i}.cwasm")), b"x").expect("write");
-            // Distinct modification times even on coarse file systems.
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::fs::write(dir.join("other.txt"), b"x").expect("write");
-        evict(&dir, 2).expect("evict");
-        let mut left: Vec<String> = std::fs::read_dir(&dir)
-            .expect("read")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        left.sort();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(left, ["3.cwasm", "4.cwasm", "other.txt"]);
     }
 
     /// The smallest valid component: a header and nothing else. It compiles
@@ -738,6 +812,54 @@ mod tests {
         }
     }
 
+    /// A core module whose `spin` export counts down from its argument and
+    /// never ends for -1.
+    const SPIN: &str = r#"(module (func (export "spin") (param i32)
+        (loop (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+              (br_if 0 (local.get 0)))))"#;
+
+    #[test]
+    fn other_calls_deadlines_do_not_interrupt_a_call_but_its_own_does() {
+        let rt = Runtime::new().expect("runtime");
+        let module =
+            wasmtime::Module::new(&rt.engine, wat::parse_str(SPIN).expect("wat")).expect("module");
+        let mut store = rt.store("spin", &PluginSettings::default()).expect("store");
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instance");
+        let spin = instance
+            .get_typed_func::<i32, ()>(&mut store, "spin")
+            .expect("export");
+        // Another plugin's deadlines passing all the time, as the watchdog
+        // advances the shared epoch for them.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, flag) = (rt.engine.clone(), stop.clone());
+        let bumper = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                engine.increment_epoch();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        for _ in 0..50 {
+            let deadline = arm(&mut store, Duration::from_secs(10));
+            let result = rt.calls.run(deadline, spin.call_async(&mut store, 200_000));
+            assert!(
+                matches!(result, Some(Ok(()))),
+                "interrupted by others: {result:?}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        bumper.join().expect("bumper");
+
+        // Alone, a loop is stopped at its own deadline by the watchdog.
+        let started = std::time::Instant::now();
+        let deadline = arm(&mut store, Duration::from_millis(50));
+        let error = match rt.calls.run(deadline, spin.call_async(&mut store, -1)) {
+            Some(Err(e)) => e,
+            other => panic!("the loop was not interrupted: {other:?}"),
+        };
+        assert_eq!(classify(&error, false), FailureKind::Timeout, "{error:#}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
     #[test]
     fn files_that_are_not_artifacts_are_refused() {
         let dir = tempfile_dir("not-artifact");
@@ -761,13 +883,6 @@ mod tests {
             lock.contains(&entry),
             "WASMTIME_VERSION is stale: update it to the wasmtime version in Cargo.lock"
         );
-    }
-
-    #[test]
-    fn deadlines_round_up_to_ticks() {
-        assert_eq!(deadline_ticks(100), 11);
-        assert_eq!(deadline_ticks(1), 2);
-        assert_eq!(deadline_ticks(0), 2);
     }
 
     #[test]
