@@ -6,13 +6,20 @@
 # under qemu-user, and the Splunk app through Splunk AppInspect.
 #
 #   scripts/test.sh            install what is missing, then test everything
-#   scripts/test.sh -- ARGS    extra arguments for `cargo test` (e.g. a filter)
+#   scripts/test.sh -- ARGS    only the host tests, with ARGS for `cargo nextest
+#                              run` (a filter such as `plugins::`, --no-run,
+#                              --no-capture); what they need is built on demand
+#
+# Every stage is timed (wall and CPU); CONTRIBUTING.md has the budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
+source scripts/stages.sh
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+stage "prerequisites (installs only what is missing)"
 
 # 1. Debian packages, by the program each one provides.
 missing=()
@@ -44,11 +51,19 @@ fi
 # their own brokers on free ports and need none.
 export PATH="$PATH:/usr/sbin"
 
-# 2. Rust targets: plugins (wasm32-wasip2) and the Raspberry Pi builds.
+# 2. Rust targets: plugins (wasm32-wasip2) and the Raspberry Pi builds; the
+#    test runner, cargo-nextest (one process per test, binaries in parallel,
+#    each test's time).
 installed=$(rustup target list --installed)
 for target in wasm32-wasip2 aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
   grep -qx "$target" <<<"$installed" || { say "adding Rust target $target"; rustup target add "$target"; }
 done
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+clippy_driver="$(rustc --print sysroot)/bin/clippy-driver"
+[ -x "$clippy_driver" ] || { say "adding clippy"; rustup component add clippy; }
 
 # 3. Python peers in a virtual environment, reinstalled only when the pinned
 #    list changes.
@@ -67,16 +82,56 @@ export DEFENDER_EDGE_PYTHON="$venv/bin/python"
 # 4. The 4,000-connection fixtures and tests need more than 1,024 descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-# 5. Everything.
-say "running the test suite"
-extra=()
-if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
-cargo test --workspace --locked "${extra[@]}"
-# Benchmarks are run by hand (docs/BENCHMARKS.md), but must keep compiling.
-cargo bench --workspace --locked --no-run -q
+# 5. Clippy lints the host workspace while the tests' build compiles it:
+#    clippy-driver as the workspace's rustc wrapper, which is how `cargo
+#    clippy` works too, but on the test build instead of a `cargo check` of
+#    every dependency of its own. Lints of every target (lib, bin, tests,
+#    benches) with -D warnings, as `cargo clippy --workspace --all-targets --
+#    -D warnings`. A setting on the cargo command line, not in the
+#    environment, so the builds the tests start (plugins, Pi binaries) are
+#    plain ones; the artifacts live beside those of a plain `cargo test`.
+host=(--workspace --locked --config "build.rustc-workspace-wrapper=\"$clippy_driver\"")
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
+# 6. A focused run: only the host tests asked for.
+if [ "${1:-}" = "--" ]; then
+  shift
+  stage "host tests: cargo nextest run $*"
+  cargo nextest run "${host[@]}" "$@"
+  exit 0
+fi
+
+# 7. Everything. What the tests need is built first, each in a stage of its
+#    own, so that the test stage's time is the tests' and every build is done
+#    once (the tests' own build calls then find nothing to do).
+stage "build + clippy: host and its tests (dev profile)"
+cargo nextest run "${host[@]}" --no-run
+# Benchmarks are run by hand (docs/BENCHMARKS.md) but must keep building:
+# built here in the dev profile, on the test build's dependencies, not in the
+# bench profile (a second, optimised build of every dependency).
+cargo test "${host[@]}" --benches --no-run -q
+
+stage "build: Raspberry Pi binaries (qemu profile, aarch64 + armv7)"
+# The build tests/integration/packaging.rs starts (same profile, features and
+# target folder), both targets in one cargo call so that both cores stay busy.
+cargo build --locked --bin defender-edge --profile qemu \
+  --target aarch64-unknown-linux-gnu --target armv7-unknown-linux-gnueabihf
+
+stage "build: wasm plugins (plugins/, tests/fixtures/plugins/)"
+# As tests/integration/plugins.rs builds them, into the same folder.
+for workspace in plugins tests/fixtures/plugins; do
+  cargo build --locked --target wasm32-wasip2 --release \
+    --manifest-path "$workspace/Cargo.toml" \
+    --target-dir "${DEFENDER_EDGE_WASM_TARGET_DIR:-target/wasm-guests}"
+done
+
+stage "host tests (cargo nextest run)"
+cargo nextest run "${host[@]}"
+
+stage "doc tests"
+cargo test "${host[@]}" --doc -q
+
 # The guest side (plugin SDK and examples) is its own workspace; its logic is
 # unit-tested natively, without wasm.
-if [ -f plugins/Cargo.toml ]; then
-  say "testing the plugin SDK and examples natively"
-  (cd plugins && cargo test --workspace --locked)
-fi
+stage "plugin SDK and examples, natively (cargo test)"
+(cd plugins && cargo test --workspace --locked -q)

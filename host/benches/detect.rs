@@ -149,18 +149,27 @@ fn bench(c: &mut Criterion) {
     let config = DetectionConfig {
         profiles: vec![profile()],
         statistics_min_datapoints: 5,
+        // Every cycle judges every behavior, as it did before report-period
+        // datapoints became the default.
+        per_sample: vec!["*".to_owned()],
         ..DetectionConfig::default()
     };
     let status = Status::new();
-    let mut detector = Detector::new(&config, state.path(), &status).expect("profile");
+    let mut detector = Detector::new(
+        &config,
+        state.path(),
+        &status,
+        std::time::Duration::from_secs(300),
+    )
+    .expect("profile");
     assert_eq!(status.number("detect.behaviors"), 20);
     // Learn a baseline first (two hours of 10 s cycles), so the statistical
     // behaviors judge during the measurement instead of waiting.
     let mut now = 0;
     for _ in 0..720 {
         now += INTERVAL_MS;
-        detector.evaluate_device(&sample, now);
-        detector.evaluate_custom(&sample, now);
+        detector.evaluate_device(&sample, now, true);
+        detector.evaluate_custom(&sample, now, true);
     }
     let mut events = 0;
 
@@ -169,8 +178,12 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cycle_20_behaviors_1000_connections", |b| {
         b.iter(|| {
             now += INTERVAL_MS;
-            events += detector.evaluate_device(black_box(&sample), now).len();
-            events += detector.evaluate_custom(black_box(&sample), now).len();
+            events += detector
+                .evaluate_device(black_box(&sample), now, true)
+                .len();
+            events += detector
+                .evaluate_custom(black_box(&sample), now, true)
+                .len();
         })
     });
     group.bench_function("peer_collect_1000_connections", |b| {

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use defender_edge::publish::firehose::events::{self, EventOptions};
-use defender_edge::publish::firehose::records::RecordPacker;
+use defender_edge::publish::firehose::records::{MAX_RECORD_BYTES, RecordPacker};
 use defender_edge::sample::{
     Alert, CustomMetricValue, EstablishedConnection, ListeningPort, NetworkStats, Sample, Severity,
 };
@@ -172,7 +172,7 @@ fn bench(c: &mut Criterion) {
 
     // Both encoders must produce the same events, or the ratio means nothing.
     let (mut typed, mut peer) = (Vec::new(), Vec::new());
-    let n = events::write_sample(&s, 7, &options, &mut typed);
+    let n = events::write_sample(&s, 7, &options, MAX_RECORD_BYTES, &mut typed, |_, _| {});
     assert_eq!(value_events(&s, 7, &options, &mut peer), n);
     let parse = |b: &[u8]| -> Vec<Value> {
         b.split(|c| *c == b'\n')
@@ -193,7 +193,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("typed_serde", |b| {
         b.iter(|| {
             buf.clear();
-            black_box(events::write_sample(black_box(&s), 7, &options, &mut buf))
+            black_box(events::write_sample(
+                black_box(&s),
+                7,
+                &options,
+                MAX_RECORD_BYTES,
+                &mut buf,
+                |_, _| {},
+            ))
         })
     });
     group.bench_function("serde_json_value", |b| {
@@ -210,7 +217,7 @@ fn bench(c: &mut Criterion) {
             let mut packer = RecordPacker::new(20_000);
             for id in 0..100 {
                 buf.clear();
-                events::write_sample(&s, id, &options, &mut buf);
+                events::write_sample(&s, id, &options, MAX_RECORD_BYTES, &mut buf, |_, _| {});
                 packer.push_lines(&buf);
             }
             black_box(packer.finish())

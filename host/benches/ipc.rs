@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use defender_edge::publish::ipc::frame::{self, Frame, Header};
-use defender_edge::publish::ipc::{IpcClient, IpcOptions, Qos, publish_frame_len};
+use defender_edge::greengrass::ipc::frame::{self, Frame, Header};
+use defender_edge::greengrass::ipc::{IpcClient, IpcOptions, Qos, publish_frame_len};
 
 const SVCUID: &str = "ABCDEFGHIJKLMNOP";
 const TOPIC: &str = "$aws/things/edge-01/defender/metrics/json";

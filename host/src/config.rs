@@ -4,9 +4,10 @@
 //! Every section is a plain struct with `deny_unknown_fields`, so a typo is an
 //! error naming the key rather than a silently ignored setting. Numbers and
 //! booleans are also accepted as strings (`"300"`, `300.0`, `"true"`), because
-//! Greengrass recipes and `{configuration:/...}` interpolation render them so.
-//! Each area owns the type of its own section; this module only assembles
-//! them and adds the keys that belong to no single area.
+//! Greengrass recipes and `{configuration:/...}` interpolation render them so
+//! ([`crate::lenient`]). Each area owns the type of its own section; this
+//! module only assembles them and adds the keys that belong to no single
+//! area. No area imports this module.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,11 @@ pub struct Config {
     pub thing_name: Option<String>,
     /// Where state that must survive restarts is kept.
     pub state_dir: PathBuf,
+    /// `run` rewrites `status.json` and `net-run.json` at most this often
+    /// (and at every report and at shutdown): each rewrite costs fsyncs,
+    /// which wear an SD card.
+    #[serde(deserialize_with = "crate::lenient::u64")]
+    pub state_write_seconds: u64,
     /// Log filter (`info`, `debug`, `defender_edge=trace`...); `RUST_LOG` wins.
     pub log_level: String,
     pub collect: CollectConfig,
@@ -41,6 +47,7 @@ impl Default for Config {
         Config {
             thing_name: None,
             state_dir: PathBuf::from("defender-edge-state"),
+            state_write_seconds: 60,
             log_level: "info".to_owned(),
             collect: CollectConfig::default(),
             report: ReportConfig::default(),
@@ -52,18 +59,23 @@ impl Default for Config {
     }
 }
 
-/// Where `run` writes each report as one NDJSON line, besides publishing it.
+/// Where `run` writes each report as one NDJSON line, besides publishing it,
+/// and the alarms, plugin alerts and annotations it finds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct OutputConfig {
     /// `"-"` for standard output, a file path to append to, or `null` for none.
     pub ndjson: Option<String>,
+    /// The same for the event lines (`{"type": "alarm" | "alert" |
+    /// "annotations", ...}`).
+    pub events: Option<String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
         OutputConfig {
             ndjson: Some("-".to_owned()),
+            events: Some("-".to_owned()),
         }
     }
 }
@@ -126,6 +138,9 @@ impl Config {
             .check(self.publish.device_defender.min_interval_seconds)?;
         self.detection.check()?;
         self.publish.check()?;
+        if self.state_write_seconds == 0 {
+            return Err("key `stateWriteSeconds`: must be at least 1".to_owned());
+        }
         if let Some(name) = &self.thing_name {
             crate::report::validate::thing_name(name)
                 .map_err(|reason| format!("key `thingName`: {reason}"))?;
@@ -135,104 +150,14 @@ impl Config {
 }
 
 fn describe<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    // A syntax error has no key: the path ends in `?` where the parser
+    // stopped. The inner error gives the line and column.
     let path = e.path().to_string();
+    let path = path.trim_end_matches('?').trim_end_matches('.');
     if path == "." || path.is_empty() {
         e.inner().to_string()
     } else {
         format!("key `{}`: {}", path, e.inner())
-    }
-}
-
-/// Deserializers that accept numbers and booleans written as strings, the way
-/// Greengrass renders configuration values.
-pub mod lenient {
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Int(u64),
-        Float(f64),
-        Bool(bool),
-        Text(String),
-    }
-
-    fn to_u64(raw: Raw) -> Result<u64, String> {
-        match raw {
-            Raw::Int(n) => Ok(n),
-            Raw::Float(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
-            Raw::Float(f) => Err(format!("expected a whole non-negative number, found {f}")),
-            Raw::Bool(b) => Err(format!("expected a whole non-negative number, found {b}")),
-            Raw::Text(s) => {
-                let t = s.trim();
-                t.parse::<u64>()
-                    .ok()
-                    .or_else(|| {
-                        t.parse::<f64>()
-                            .ok()
-                            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
-                            .map(|f| f as u64)
-                    })
-                    .ok_or_else(|| format!("expected a whole non-negative number, found \"{s}\""))
-            }
-        }
-    }
-
-    /// A `u64` given as a number or a string.
-    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)
-    }
-
-    /// A `usize` given as a number or a string.
-    pub fn usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-        let n = to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)?;
-        usize::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))
-    }
-
-    /// An `f64` given as a number or a string.
-    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => Ok(n as f64),
-            Raw::Float(f) => Ok(f),
-            Raw::Text(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| D::Error::custom(format!("expected a number, found \"{s}\""))),
-            Raw::Bool(b) => Err(D::Error::custom(format!("expected a number, found {b}"))),
-        }
-    }
-
-    /// A `u16` given as a number or a string (ports).
-    pub fn u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
-        let n = to_u64(Raw::deserialize(d)?).map_err(D::Error::custom)?;
-        u16::try_from(n).map_err(|_| D::Error::custom(format!("{n} is above 65535")))
-    }
-
-    /// An optional `bool`: `null`, an absent key or `""` mean "not set",
-    /// because a Greengrass recipe cannot leave a key out of an interpolated
-    /// string and renders an unset value as empty.
-    pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        match Option::<Raw>::deserialize(d)? {
-            None => Ok(None),
-            Some(Raw::Text(s)) if s.trim().is_empty() => Ok(None),
-            Some(raw) => to_bool(raw).map(Some).map_err(D::Error::custom),
-        }
-    }
-
-    /// A `bool` given as a boolean or the strings `"true"`/`"false"`.
-    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        to_bool(Raw::deserialize(d)?).map_err(D::Error::custom)
-    }
-
-    fn to_bool(raw: Raw) -> Result<bool, String> {
-        match raw {
-            Raw::Bool(b) => Ok(b),
-            Raw::Text(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-            Raw::Text(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-            Raw::Text(s) => Err(format!("expected true or false, found \"{s}\"")),
-            Raw::Int(n) => Err(format!("expected true or false, found {n}")),
-            Raw::Float(f) => Err(format!("expected true or false, found {f}")),
-        }
     }
 }
 

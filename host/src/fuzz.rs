@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::collect::parse;
-use crate::publish::ipc::frame;
+use crate::greengrass::ipc::frame;
 use crate::publish::outbox::{EntryId, Outbox, OutboxLimits};
 use crate::report::{self, Format};
 use crate::status::Status;
@@ -83,16 +83,16 @@ pub fn ipc_reply(data: &[u8]) {
     match which % 4 {
         0 => {
             if let Ok(f) = frame::decode(bytes, FRAME_LIMIT) {
-                let _ = crate::publish::ipc::error_of(&f);
+                let _ = crate::greengrass::ipc::error_of(&f);
             }
         }
         1 => {
-            if let Ok(message) = crate::publish::ipc::decode_iot_core_message(bytes) {
+            if let Ok(message) = crate::greengrass::ipc::decode_iot_core_message(bytes) {
                 assert!(message.payload.len() <= bytes.len(), "base64 only shrinks");
             }
         }
         2 => {
-            if let Ok(path) = crate::publish::ipc::decode_configuration_update(bytes) {
+            if let Ok(path) = crate::greengrass::ipc::decode_configuration_update(bytes) {
                 assert!(path.iter().map(String::len).sum::<usize>() <= bytes.len());
             }
         }
@@ -104,7 +104,7 @@ pub fn ipc_reply(data: &[u8]) {
                 )],
                 payload: bytes.to_vec(),
             };
-            let (kind, message) = crate::publish::ipc::error_of(&f);
+            let (kind, message) = crate::greengrass::ipc::error_of(&f);
             assert!(!kind.is_empty());
             let _ = message;
         }

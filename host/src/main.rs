@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
 use defender_edge::config::Config;
-use defender_edge::publish::ipc::{ComponentState, IpcClient, IpcConfig, IpcEndpoint, IpcOptions};
+use defender_edge::greengrass::Nucleus;
 use defender_edge::report::Format;
 use defender_edge::status::Status;
 use defender_edge::{pipeline, run, status};
@@ -39,8 +39,51 @@ enum Command {
     Collect(CollectArgs),
     Run(RunArgs),
     Status(StatusArgs),
-    #[command(subcommand)]
+    // `plugin compile --config` and the help's word on DEFENDER_EDGE_CONFIG
+    // are added here because plugin/cli.rs is being reworked on another
+    // branch; they belong in its `Compile` variant once that lands.
+    #[command(
+        subcommand,
+        after_help = PLUGIN_CONFIG_HELP,
+        mut_subcommand("compile", |c| c
+            .arg(
+                clap::Arg::new(PLUGIN_CONFIG_ARG)
+                    .long("config")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .env("DEFENDER_EDGE_CONFIG")
+                    .help("Configuration file whose plugins section and stateDir to use (JSON; docs/CONFIGURATION.md)"),
+            )
+            .after_help(PLUGIN_CONFIG_HELP)),
+        mut_subcommand("check", |c| c.after_help(PLUGIN_CONFIG_HELP)),
+        mut_subcommand("test", |c| c.after_help(PLUGIN_CONFIG_HELP)),
+    )]
     Plugin(defender_edge::plugin::cli::PluginCommand),
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Check the configuration.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    Check(ConfigCheckArgs),
+}
+
+/// Check a configuration the way `run` would start it, without running:
+/// the document (every key), the thing name, the proc root, the security
+/// profiles, and every plugin in the plugin folder (compiled and
+/// initialised with its settings, nothing cached).
+///
+/// The configuration is --config FILE, else the file DEFENDER_EDGE_CONFIG
+/// names, else, as a Greengrass component (AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT
+/// and SVCUID set), the component configuration, else the embedded defaults.
+/// Prints one line per check. Exit status: 0 valid; 2 invalid (the first
+/// problem in the document, or every plugin that does not load); 1 error.
+#[derive(Debug, Args)]
+struct ConfigCheckArgs {
+    /// Configuration file (JSON; see docs/CONFIGURATION.md).
+    #[arg(long, value_name = "FILE", env = "DEFENDER_EDGE_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// Print one validated Device Defender report of this machine to stdout.
@@ -48,12 +91,17 @@ enum Command {
 /// Network deltas are taken against the counters saved by the previous
 /// `collect` in the state directory; without them network_stats is left out
 /// rather than invented. `collect` never sleeps unless --delta-window is given.
-/// CBOR is written as raw bytes.
+/// CBOR is written as raw bytes. With security profiles configured the
+/// sample is judged too and alarms are logged on stderr (docs/DETECTION.md);
+/// nothing of detection is saved.
+///
+/// Exit status: 0 printed; 1 error; 2 invalid configuration, security
+/// profile, plugin folder or proc root.
 #[derive(Debug, Args)]
 struct CollectArgs {
     /// Encoding of the report.
     #[arg(long, value_enum, default_value = "json")]
-    format: Format,
+    format: FormatArg,
     /// Indent JSON output for people (the bytes published are never indented).
     #[arg(long)]
     pretty: bool,
@@ -100,13 +148,36 @@ enum OwnersFormat {
     Json,
 }
 
+/// A report format on the command line. The report module knows nothing of
+/// the command line; this says its formats the way clap lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FormatArg(Format);
+
+impl clap::ValueEnum for FormatArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            FormatArg(Format::Json),
+            FormatArg(Format::JsonShort),
+            FormatArg(Format::Cbor),
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.description()))
+    }
+}
+
 /// Run the component: sample, run plugins and detection, publish.
 ///
 /// Inside Greengrass (AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT and
 /// SVCUID set) reports go over Greengrass IPC and the configuration is read
 /// over IPC and followed live; elsewhere the transport is chosen by
 /// publish.transport. Each report is also written as an NDJSON line to
-/// output.ndjson. SIGTERM and SIGINT stop it cleanly, flushing what it holds.
+/// output.ndjson (standard output by default), and every alarm, clear, plugin
+/// alert and change of annotations as an NDJSON line with a `type` field to
+/// output.events (standard output by default; docs/CONFIGURATION.md). On a
+/// terminal, or with --human, standard output gets one readable line each
+/// instead. SIGTERM and SIGINT stop it cleanly, flushing what it holds.
 ///
 /// Exit status: 0 done (with --once: the report was acknowledged); 1 error;
 /// 2 invalid command line or configuration; 3 (--once) the peer could not be
@@ -130,12 +201,21 @@ struct RunArgs {
     /// before leaving the report in the outbox (exit status 3).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     wait: u64,
+    /// One readable line per alarm, clear, alert and report on standard
+    /// output, even when it is not a terminal (the default on a terminal).
+    #[arg(long)]
+    human: bool,
 }
 
-/// Show the counters of the running (or last) `run`, from its state directory.
+/// Show whether `run` is running, its open alarms and its counters, from
+/// its state directory.
+///
+/// The first lines say whether the process that wrote the status file still
+/// runs (its pid is checked) and how old the file is; `run` rewrites it
+/// after every sample. Exit status: 0 shown; 1 no status file.
 #[derive(Debug, Args)]
 struct StatusArgs {
-    /// State directory [default: ./defender-edge-state].
+    /// State directory [default: stateDir of --config, ./defender-edge-state].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Configuration file whose stateDir to read.
@@ -144,23 +224,78 @@ struct StatusArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Show it again every SECONDS (2 when no value is given) until
+    /// interrupted, like `top`.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2", value_parser = parse_duration)]
+    watch: Option<Duration>,
 }
 
+/// The id of `plugin compile --config`.
+const PLUGIN_CONFIG_ARG: &str = "config_file";
+
+const PLUGIN_CONFIG_HELP: &str = "Environment: DEFENDER_EDGE_CONFIG=FILE gives the plugin commands a configuration \
+file (its plugins section: settings, limits, grants, plugins.dir; and stateDir, whose plugin-cache \
+`compile --dir` fills). Without it the embedded defaults apply.";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let plugin_config = matches
+        .subcommand_matches("plugin")
+        .and_then(|m| m.subcommand_matches("compile"))
+        .and_then(|m| m.get_one::<PathBuf>(PLUGIN_CONFIG_ARG))
+        .cloned();
     let outcome = match cli.command {
         Command::Collect(args) => collect(args),
         Command::Run(args) => run(args),
         Command::Status(args) => show_status(args),
-        Command::Plugin(cmd) => plugin(cmd),
+        Command::Plugin(cmd) => plugin(cmd, plugin_config),
+        Command::Config(ConfigCommand::Check(args)) => config_check(args),
     };
     outcome.unwrap_or_else(|error| {
-        eprintln!("defender-edge: {error:#}");
-        let config_error = error.chain().any(|e| {
-            e.downcast_ref::<defender_edge::config::ConfigError>()
-                .is_some()
-        });
-        ExitCode::from(if config_error { 2 } else { 1 })
+        eprintln!("defender-edge: {}", one_message(&error));
+        ExitCode::from(if invalid_input(&error) { 2 } else { 1 })
+    })
+}
+
+/// The error and its causes on one line, each said once: a cause whose text
+/// the message already holds (an error that prints its source) is skipped.
+fn one_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+/// Whether the error is the user's input (exit status 2): the configuration,
+/// a security profile, the plugin folder, the proc root.
+fn invalid_input(error: &anyhow::Error) -> bool {
+    use defender_edge::detect::DetectError;
+    use defender_edge::plugin::PluginError;
+    error.chain().any(|e| {
+        e.is::<defender_edge::config::ConfigError>()
+            || e.is::<defender_edge::collect::ProcRootError>()
+            || matches!(
+                e.downcast_ref::<DetectError>(),
+                Some(
+                    DetectError::Read { .. }
+                        | DetectError::Invalid(_)
+                        | DetectError::DuplicateProfile { .. }
+                )
+            )
+            || matches!(
+                e.downcast_ref::<PluginError>(),
+                Some(PluginError::Dir { .. })
+            )
     })
 }
 
@@ -251,16 +386,17 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     // earlier scan to build on, so it would pay a full process scan for
     // nothing.
     config.collect.attribution = false;
-    let report = pipeline::collect_once(&config, args.format, args.delta_window)?;
+    let format = args.format.0;
+    let report = pipeline::collect_once(&config, format, args.delta_window)?;
     let mut out = std::io::stdout().lock();
-    if args.pretty && args.format != Format::Cbor {
+    if args.pretty && format != Format::Cbor {
         let value: serde_json::Value =
             serde_json::from_slice(&report).context("re-reading the report for --pretty")?;
         serde_json::to_writer_pretty(&mut out, &value)?;
         out.write_all(b"\n")?;
     } else {
         out.write_all(&report)?;
-        if args.format != Format::Cbor {
+        if format != Format::Cbor {
             out.write_all(b"\n")?;
         }
     }
@@ -268,13 +404,16 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<ExitCode> {
+fn plugin(
+    cmd: defender_edge::plugin::cli::PluginCommand,
+    config_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     // The plugin commands take the plugins section and the cache of the
-    // default configuration; `plugin compile` fills the cache `run` uses.
-    let config = match std::env::var_os("DEFENDER_EDGE_CONFIG") {
-        Some(path) => Config::load(std::path::Path::new(&path))?,
-        None => Config::default(),
-    };
+    // configuration (`compile --config`, DEFENDER_EDGE_CONFIG, else the
+    // defaults); `plugin compile` fills the cache `run` uses.
+    let config_file =
+        config_file.or_else(|| std::env::var_os("DEFENDER_EDGE_CONFIG").map(PathBuf::from));
+    let config = load_config(config_file.as_ref())?;
     init_logging(&config.log_level);
     // Only `compile --dir` uses the cache: the others (and precompiling for
     // a device on a build machine) leave no state folder behind.
@@ -290,6 +429,89 @@ fn plugin(cmd: defender_edge::plugin::cli::PluginCommand) -> anyhow::Result<Exit
     let mut out = std::io::stdout().lock();
     defender_edge::plugin::cli::run(cmd, &config.plugins, &cache, &mut out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn config_check(args: ConfigCheckArgs) -> anyhow::Result<ExitCode> {
+    let (config, origin) = match &args.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            match runtime.block_on(Nucleus::read_configuration(&Status::new()))? {
+                Some(config) => (config, "the Greengrass component configuration".to_owned()),
+                None => (Config::default(), "the embedded defaults".to_owned()),
+            }
+        }
+    };
+    // Every problem is printed below, once; RUST_LOG shows the log.
+    init_logging("off");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ok  configuration: {origin}")?;
+    let thing = pipeline::thing_name(&config)?;
+    writeln!(out, "ok  thing name: {thing}")?;
+    defender_edge::collect::check_proc_root(&config.collect.proc_root)?;
+    writeln!(out, "ok  proc root: {}", config.collect.proc_root.display())?;
+    let status = Status::new();
+    let scratch = Scratch::new()?;
+    defender_edge::detect::Detector::new(
+        &config.detection,
+        scratch.path(),
+        &status,
+        std::time::Duration::from_secs(config.report.interval_seconds),
+    )
+    .context("loading the security profiles (detection)")?;
+    writeln!(
+        out,
+        "ok  security profiles: {} ({} behaviors judged on the device, {} skipped)",
+        status.number("detect.profiles"),
+        status.number("detect.behaviors"),
+        status.number("detect.behaviors_skipped")
+    )?;
+    let Some(dir) = &config.plugins.dir else {
+        writeln!(out, "ok  plugins: none (plugins.dir is not set)")?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let plugins = defender_edge::plugin::PluginsConfig {
+        hot_reload: false,
+        ..config.plugins.clone()
+    };
+    let host = defender_edge::plugin::PluginHost::start(&plugins, scratch.path(), status)?;
+    let mut failed = 0;
+    for (name, state) in host.plugins() {
+        if state == "running" {
+            writeln!(out, "ok  plugin {name}")?;
+        } else {
+            failed += 1;
+            writeln!(out, "BAD plugin {name}: {state}")?;
+        }
+    }
+    writeln!(out, "    plugin folder: {}", dir.display())?;
+    Ok(ExitCode::from(if failed == 0 { 0 } else { 2 }))
+}
+
+/// A folder of `config check`'s own, removed when it ends: profiles and
+/// plugins are checked without touching the state directory or its cache.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let path = std::env::temp_dir().join(format!("defender-edge-check-{}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating the scratch folder {}", path.display()))?;
+        Ok(Scratch(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -310,61 +532,19 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(async {
         let status = Status::new();
-        // Inside Greengrass the nucleus is the first peer: it holds the
-        // configuration (unless a file was given) and carries reports.
-        let ipc = match IpcEndpoint::from_env() {
-            Some(endpoint) => {
-                let options = IpcOptions {
-                    status: Some(status.clone()),
-                    ..IpcOptions::default()
-                };
-                Some(
-                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
-                        .await
-                        .context("connecting to the Greengrass nucleus")?,
-                )
-            }
-            None => None,
-        };
-        let live_configuration = file_config.is_none() && ipc.is_some();
-        let mut config = match (file_config, &ipc) {
-            (Some(config), _) => config,
-            (None, Some(ipc)) => match run::greengrass_configuration(ipc).await {
-                Ok(config) => {
-                    log.set_level(&config.log_level);
-                    config
-                }
-                Err(error) => {
-                    let _ = ipc.update_state(ComponentState::Errored).await;
-                    return Err(error);
-                }
-            },
-            (None, None) => Config::default(),
-        };
-        overrides.apply(&mut config);
-        // The first connection used the default client settings, because
-        // the configuration was not known yet; reconnect when it sets others.
-        let ipc = match (ipc, IpcEndpoint::from_env()) {
-            (Some(_), Some(endpoint)) if config.publish.ipc != IpcConfig::default() => {
-                let options = IpcOptions {
-                    status: Some(status.clone()),
-                    ..config.publish.ipc.options()
-                };
-                Some(
-                    IpcClient::connect(&endpoint.socket_path, &endpoint.svcuid, options)
-                        .await
-                        .context("connecting to the Greengrass nucleus")?,
-                )
-            }
-            (ipc, _) => ipc,
-        };
+        let mut start = Nucleus::start(file_config, &status).await?;
+        if start.live_configuration {
+            log.set_level(&start.config.log_level);
+        }
+        overrides.apply(&mut start.config);
         let options = run::RunOptions {
             once: args.once,
             once_wait: Duration::from_secs(args.wait),
             overrides,
-            live_configuration,
+            live_configuration: start.live_configuration,
+            human: args.human || std::io::stdout().is_terminal(),
         };
-        run::run(config, ipc, status, options).await
+        run::run(start.config, start.nucleus, status, options).await
     })?;
     Ok(ExitCode::from(outcome.exit_code()))
 }
@@ -372,20 +552,48 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn show_status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_ref())?;
     let dir = args.state_dir.unwrap_or(config.state_dir);
-    let snapshot = match status::read(&dir) {
+    let Some(every) = args.watch else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&status_view(&dir, args.json)?)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    // On a terminal each view replaces the last; piped, views follow each
+    // other, separated by a blank line.
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let view = match status_view(&dir, args.json) {
+            Ok(view) => view,
+            Err(error) => format!("{error:#}\n").into_bytes(),
+        };
+        let mut out = std::io::stdout().lock();
+        if terminal {
+            out.write_all(b"\x1b[H\x1b[2J")?;
+        }
+        out.write_all(&view)?;
+        if !terminal {
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        drop(out);
+        std::thread::sleep(every);
+    }
+}
+
+/// What `status` prints once.
+fn status_view(dir: &std::path::Path, json: bool) -> anyhow::Result<Vec<u8>> {
+    let snapshot = match status::read(dir) {
         Ok(snapshot) => snapshot,
         Err(message) => {
             bail!("{message}; has `defender-edge run` been started with this state directory?")
         }
     };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer_pretty(&mut out, &snapshot)?;
-        writeln!(out)?;
-    } else {
-        out.write_all(status::render_table(&snapshot, defender_edge::state::now_ms()).as_bytes())?;
+    if json {
+        let mut out = serde_json::to_vec_pretty(&snapshot)?;
+        out.push(b'\n');
+        return Ok(out);
     }
-    Ok(ExitCode::SUCCESS)
+    let alive = status::liveness(&snapshot, std::path::Path::new("/proc"));
+    Ok(status::render_table(&snapshot, defender_edge::state::now_ms(), alive).into_bytes())
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.

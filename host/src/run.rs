@@ -1,22 +1,23 @@
 //! `run`: the long-running component.
 //!
-//! A *session* is the pipeline built from one configuration: collector,
-//! plugin host, detector, NDJSON output, transport, Device Defender publisher
-//! and Firehose sink. `run` keeps one session at a time. When Greengrass
-//! announces a configuration update, the new document is parsed and checked
-//! first; an invalid one is refused with a log line and the running session
-//! goes on untouched. A valid one replaces the session: the old one is shut
-//! down (its outboxes closed, nothing lost), the new one starts in the same
-//! process. If the new one cannot start (a plugin directory that does not
-//! exist, say), the old configuration is started again.
+//! A *session* is what one configuration starts: the [`Pipeline`] and
+//! everything around it that does I/O: the NDJSON output, the transport, the
+//! Device Defender publisher, the SIEM sink and the alarm topics. `run` keeps
+//! one session at a time. When Greengrass announces a configuration update,
+//! the new document is parsed and checked first; an invalid one is refused
+//! with a log line and the running session goes on untouched. A valid one
+//! replaces the session: the old one is shut down (its outboxes closed,
+//! nothing lost), the new one starts in the same process. If the new one
+//! cannot start (a plugin directory that does not exist, say), the old
+//! configuration is started again.
 //!
 //! Sampling: one tick per detection interval (10 s by default), or per report
-//! interval when detection is off. Every tick collects, judges device
-//! metrics, runs the plugins, judges custom metrics, and dispatches alarms at
-//! once. A tick at or after the report deadline also builds a report, hands
-//! it to the publisher's outbox and to Firehose. The publisher decides when
-//! Device Defender may have it (300 s floor); `run` never waits for it except
-//! with `--once`.
+//! interval when detection is off. Every tick is one [`Pipeline::step`],
+//! run where blocking is allowed; its alarms go out at once, its sample to
+//! the SIEM path when it carries alerts, and a tick at or after the report
+//! deadline hands its report to the publisher's outbox. The publisher
+//! decides when Device Defender may have it (300 s floor); `run` never waits
+//! for it except with `--once`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,25 +29,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::collect::Collector;
 use crate::config::{Config, ConfigError};
-use crate::detect::{AlarmEvent, Detector};
-use crate::output::NdjsonOutput;
-use crate::pipeline::{NetworkState, RUN_NETWORK_STATE, log_collect_problems, thing_name};
-use crate::plugin::{PluginHost, Processed};
+use crate::detect::{AlarmEvent, AlarmState};
+use crate::greengrass::Nucleus;
+use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
+use crate::output::{Event, Output, Target};
+use crate::pipeline::{Outcome, Passed, Pipeline, Throttle, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
-use crate::publish::ipc::{ComponentState, IpcClient};
+use crate::publish::firehose::SiemSink;
 use crate::publish::mqtt::MqttTransport;
 use crate::publish::outbox::Outbox;
 use crate::publish::{Message, Transport, TransportError, TransportKind};
-use crate::report;
-use crate::sample::{NetworkStats, Sample};
 use crate::state::{StateDir, now_ms};
 use crate::status::Status;
-
-/// The `source` prefix of alerts raised by local detection
-/// (`detect/<profile>`).
-const DETECT_ALERT_SOURCE: &str = "detect/";
 
 /// How `run` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,47 +92,58 @@ pub struct RunOptions {
     /// Follow Greengrass configuration updates (the configuration came from
     /// the nucleus, not from a local file).
     pub live_configuration: bool,
+    /// Readable lines instead of NDJSON on standard output (`--human`, or
+    /// standard output is a terminal).
+    pub human: bool,
 }
 
-/// Reads the component configuration from the nucleus: the whole document,
-/// without the recipe's `accessControl` (which is the nucleus's business,
-/// not a setting of ours).
-pub async fn greengrass_configuration(ipc: &IpcClient) -> anyhow::Result<Config> {
-    let mut value = ipc
-        .get_configuration(&[])
-        .await
-        .context("reading the component configuration from the Greengrass nucleus")?;
-    if let Some(map) = value.as_object_mut() {
-        map.remove("accessControl");
+/// When the next report is due. Kept across sessions, so a configuration
+/// update does not make an early report.
+#[derive(Debug, Default)]
+struct ReportClock {
+    last: Option<Instant>,
+}
+
+impl ReportClock {
+    /// Whether a report is due at `now` (with 50 ms of slack for a ticker
+    /// that fires a little early); if so, the next one is due a whole
+    /// interval later.
+    fn take(&mut self, now: Instant, every: Duration) -> bool {
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) + Duration::from_millis(50) >= every);
+        if due {
+            self.last = Some(now);
+        }
+        due
     }
-    Ok(Config::from_value(
-        value,
-        "the Greengrass component configuration",
-    )?)
 }
 
 /// Runs until SIGTERM/SIGINT (or, with `once`, until one report was handled).
 pub async fn run(
     config: Config,
-    ipc: Option<IpcClient>,
+    nucleus: Option<Nucleus>,
     status: Status,
     options: RunOptions,
 ) -> anyhow::Result<RunOutcome> {
-    let mut updates = match (&ipc, options.live_configuration && !options.once) {
-        (Some(ipc), true) => Some(
-            ipc.subscribe_to_configuration_update(&[])
-                .await
-                .context("subscribing to configuration updates from the Greengrass nucleus")?,
-        ),
+    let mut updates = match (&nucleus, options.live_configuration && !options.once) {
+        (Some(nucleus), true) => Some(nucleus.configuration_updates().await?),
         _ => None,
     };
     let mut stop = Box::pin(crate::signals::stopped());
     let mut config = config;
     // The configuration to go back to when an update cannot start.
     let mut previous: Option<Config> = None;
-    let mut last_report: Option<Instant> = None;
+    let mut clock = ReportClock::default();
     loop {
-        let mut session = match Session::start(&config, ipc.clone(), status.clone()).await {
+        let mut session = match Session::start(
+            &config,
+            nucleus.as_ref(),
+            status.clone(),
+            options.human,
+        )
+        .await
+        {
             Ok(session) => session,
             Err(error) => match previous.take() {
                 Some(old) => {
@@ -147,8 +153,8 @@ pub async fn run(
                     continue;
                 }
                 None => {
-                    if let Some(ipc) = &ipc {
-                        let _ = ipc.update_state(ComponentState::Errored).await;
+                    if let Some(nucleus) = &nucleus {
+                        nucleus.errored().await;
                     }
                     return Err(error);
                 }
@@ -158,16 +164,19 @@ pub async fn run(
             info!("applied configuration update");
             status.add("run.configuration_updates", 1);
         }
-        if let Some(ipc) = &ipc
-            && let Err(error) = ipc.update_state(ComponentState::Running).await
-        {
-            warn!(%error, "cannot report the RUNNING state to the nucleus");
+        if let Some(nucleus) = &nucleus {
+            nucleus.running().await;
         }
-        session.last_report = last_report;
         let ended = session
-            .drive(&mut stop, updates.as_mut(), ipc.as_ref(), &options, &config)
+            .drive(
+                &mut clock,
+                &mut stop,
+                updates.as_mut(),
+                nucleus.as_ref(),
+                &options,
+                &config,
+            )
             .await;
-        last_report = session.last_report;
         match ended {
             Ok(Ended::Stopped) => {
                 session.shutdown().await;
@@ -184,8 +193,8 @@ pub async fn run(
             }
             Err(error) => {
                 session.shutdown().await;
-                if let Some(ipc) = &ipc {
-                    let _ = ipc.update_state(ComponentState::Errored).await;
+                if let Some(nucleus) = &nucleus {
+                    nucleus.errored().await;
                 }
                 return Err(error);
             }
@@ -221,87 +230,61 @@ impl Transport for AnyTransport {
     }
 }
 
-#[cfg(feature = "firehose")]
-type Firehose = Option<(crate::publish::firehose::FirehoseHandle, JoinHandle<()>)>;
-#[cfg(not(feature = "firehose"))]
-type Firehose = Option<((), JoinHandle<()>)>;
-
-/// The pipeline built from one configuration.
+/// The pipeline of one configuration and the I/O around it.
 struct Session {
+    pipeline: Pipeline,
     state: StateDir,
-    thing: String,
     status: Status,
-    collector: Collector,
-    plugins: Option<PluginHost>,
-    detector: Detector,
-    output: NdjsonOutput,
+    output: Output,
     transport: Option<Arc<AnyTransport>>,
     publisher: Option<(DefenderHandle, JoinHandle<()>)>,
-    firehose: Firehose,
-    ipc: Option<IpcClient>,
-    network: NetworkState,
-    format: report::Format,
-    report_budget: usize,
+    siem: SiemSink,
+    /// Alarms as Security Hub findings (`publish.securityHub`).
+    findings: crate::publish::securityhub::FindingsSink,
+    alarms: AlarmTopics,
+    format: crate::report::Format,
     report_every: Duration,
     tick_every: Duration,
-    last_report: Option<Instant>,
-    alarm_topic: String,
-    local_topic: String,
-    alarms_to_firehose: bool,
     /// Whether the last `--once` report went to the publisher.
     submitted: bool,
+    /// `status.json` at most every `stateWriteSeconds` (SD wear).
+    status_writes: Throttle,
 }
 
 impl Session {
-    /// Checks a configuration the way `start` would, without starting
-    /// anything: for refusing an update before the running session stops.
-    fn probe(config: &Config) -> anyhow::Result<()> {
-        thing_name(config)?;
-        if let Some(dir) = &config.plugins.dir {
-            anyhow::ensure!(
-                dir.is_dir(),
-                "key `plugins.dir`: {} is not a directory",
-                dir.display()
-            );
-        }
-        Detector::new(&config.detection, &config.state_dir, &Status::new())
-            .context("key `detection`")?;
-        Ok(())
-    }
-
     async fn start(
         config: &Config,
-        ipc: Option<IpcClient>,
+        nucleus: Option<&Nucleus>,
         status: Status,
+        human: bool,
     ) -> anyhow::Result<Session> {
         let state = StateDir::open(&config.state_dir)?;
-        let thing = thing_name(config)?;
+        // Loading compiles and instantiates plugins, and wasmtime-wasi
+        // drives its own futures to completion there: it must run where
+        // blocking is allowed, not on an async worker.
+        let mut pipeline = tokio::task::block_in_place(|| {
+            Pipeline::start(
+                config,
+                state.clone(),
+                status.clone(),
+                Window::SinceLastReport,
+            )
+        })?;
+        let thing = pipeline.thing().to_owned();
         status.set_text("run.thing", thing.clone());
-        let collector = Collector::new(&config.collect);
-        let plugins = match config.plugins.dir {
-            // Loading compiles and instantiates plugins, and wasmtime-wasi
-            // drives its own futures to completion there: it must run where
-            // blocking is allowed, not on an async worker.
-            Some(_) => {
-                let cache = state.subdir("plugin-cache")?;
-                let host = tokio::task::block_in_place(|| {
-                    PluginHost::start(&config.plugins, &cache, status.clone())
-                })?;
-                Some(host)
-            }
-            None => None,
-        };
-        let detector = Detector::new(&config.detection, state.path(), &status)
-            .context("loading the security profiles (detection)")?;
-        let output = NdjsonOutput::open(config.output.ndjson.as_deref())?;
-        let network: NetworkState = state.load(RUN_NETWORK_STATE).unwrap_or_default();
+        let output = Output::new(
+            Target::open(config.output.ndjson.as_deref(), "output.ndjson")?,
+            Target::open(config.output.events.as_deref(), "output.events")?,
+            human,
+        );
+        let ipc = nucleus.map(Nucleus::client);
 
         let kind = config
             .publish
             .transport
             .resolve(ipc.is_some(), &config.publish);
         let transport = match kind {
-            TransportKind::Ipc => match &ipc {
+            TransportKind::Ipc => match ipc {
                 Some(ipc) => Some(Arc::new(AnyTransport::Ipc(ipc.clone()))),
                 None => anyhow::bail!(ConfigError::Invalid {
                     origin: "the configuration".to_owned(),
@@ -321,19 +304,18 @@ impl Session {
         // The report must fit one message of the transport: nucleus lite
         // takes IPC frames of 10,000 bytes at most (the payload travels in
         // base64), and an MQTT packet holds the topic beside the payload.
-        let report_budget = match (&ipc, kind) {
+        match (ipc, kind) {
             (Some(ipc), TransportKind::Ipc) => {
-                config.report.max_bytes.min(ipc.max_publish_payload(&topic))
+                pipeline.limit_report_bytes(ipc.max_publish_payload(&topic))
             }
-            (_, TransportKind::Mqtt) => config
-                .report
-                .max_bytes
-                .min(crate::publish::mqtt::max_publish_payload(&topic)),
-            _ => config.report.max_bytes,
-        };
-        if report_budget < config.report.max_bytes {
+            (_, TransportKind::Mqtt) => {
+                pipeline.limit_report_bytes(crate::publish::mqtt::max_publish_payload(&topic))
+            }
+            _ => {}
+        }
+        if pipeline.report_budget() < config.report.max_bytes {
             info!(
-                budget = report_budget,
+                budget = pipeline.report_budget(),
                 configured = config.report.max_bytes,
                 "report size budget lowered to what one message of the transport carries"
             );
@@ -352,10 +334,6 @@ impl Session {
                     format,
                     state_dir: state.path().to_owned(),
                     config: config.publish.device_defender.clone(),
-                    // Superseded reports lose nothing: every sample already
-                    // went to the NDJSON output and, when configured, to
-                    // Firehose when it was collected.
-                    on_superseded: None,
                 };
                 Some(
                     DefenderPublisher::start(transport.clone(), outbox, options, status.clone())
@@ -364,36 +342,46 @@ impl Session {
             }
             _ => None,
         };
-        let firehose = start_firehose(config, &state, &status).await;
+        let siem = SiemSink::start(
+            &config.publish.firehose,
+            config.detection.send_to_firehose,
+            state.path(),
+            &status,
+        )
+        .await;
+        let findings = crate::publish::securityhub::FindingsSink::start(
+            &config.publish.security_hub,
+            state.path(),
+            &status,
+        )
+        .await;
         let report_every = Duration::from_secs(config.report.interval_seconds);
-        let tick_every = if detector.is_active() {
-            detector.interval().min(report_every)
-        } else {
-            report_every
-        };
+        let tick_every = pipeline
+            .detection_interval()
+            .map_or(report_every, |every| every.min(report_every));
         info!(%thing, transport = ?kind, report_interval_s = report_every.as_secs(), sample_interval_s = tick_every.as_secs_f64(), "defender-edge running");
         Ok(Session {
-            alarm_topic: crate::detect::alarm_topic(&config.detection, &thing),
-            local_topic: config.detection.local_topic.clone(),
-            alarms_to_firehose: config.detection.send_to_firehose,
+            alarms: AlarmTopics {
+                topic: crate::detect::alarm_topic(&config.detection, &thing),
+                format: config.detection.alarm_format,
+                local_topic: config.detection.local_topic.clone(),
+                transport: transport.clone(),
+                ipc: ipc.cloned(),
+                status: status.clone(),
+            },
+            pipeline,
             state,
-            thing,
             status,
-            collector,
-            plugins,
-            detector,
             output,
             transport,
             publisher,
-            firehose,
-            ipc,
-            network,
+            siem,
+            findings,
             format,
-            report_budget,
             report_every,
             tick_every,
-            last_report: None,
             submitted: false,
+            status_writes: Throttle::new(config.state_write_seconds),
         })
     }
 
@@ -401,9 +389,10 @@ impl Session {
     /// arrives that parses and passes its checks.
     async fn drive(
         &mut self,
+        clock: &mut ReportClock,
         stop: &mut std::pin::Pin<Box<impl std::future::Future<Output = &'static str>>>,
-        mut updates: Option<&mut mpsc::Receiver<Vec<String>>>,
-        ipc: Option<&IpcClient>,
+        mut updates: Option<&mut ConfigurationUpdates>,
+        nucleus: Option<&Nucleus>,
         options: &RunOptions,
         current: &Config,
     ) -> anyhow::Result<Ended> {
@@ -417,127 +406,94 @@ impl Session {
                     return Ok(Ended::Stopped);
                 }
                 changed = next_update(&mut updates) => {
-                    let Some(path) = changed else {
+                    let Some(paths) = changed else {
                         warn!("the nucleus ended the configuration subscription; updates are no longer followed");
                         updates = None;
                         continue;
                     };
-                    if let Some(new) = read_update(ipc, &path, options, current, &self.status).await {
+                    if let Some(new) = read_update(nucleus, &paths, options, current, &self.status).await {
                         return Ok(Ended::Reconfigure(Box::new(new)));
                     }
                     continue;
                 }
             }
-            let reported = self.tick().await?;
-            if let Err(error) = self.status.write(self.state.path(), now_ms()) {
-                warn!(%error, "cannot write the status file");
-            }
+            let reported = self
+                .tick(clock.take(Instant::now(), self.report_every))
+                .await?;
+            self.write_status_when_due();
             if options.once && reported {
                 return Ok(Ended::Once);
             }
         }
     }
 
-    /// One sample through the pipeline; returns whether a report was built.
-    async fn tick(&mut self) -> anyhow::Result<bool> {
-        let now = Instant::now();
-        let report_due = self.last_report.is_none_or(|last| {
-            now.duration_since(last) + Duration::from_millis(50) >= self.report_every
-        });
-        let collected =
-            self.collector
-                .sample(&self.thing, now_ms(), self.network.counters.as_ref());
-        log_collect_problems(&collected, &self.status);
-        self.status.add("collect.samples", 1);
-        self.network.absorb(collected.sample.network_stats);
-        self.network.counters = Some(collected.counters);
-        let mut sample: Sample = collected.sample;
-        let window = if report_due {
-            self.last_report = Some(now);
-            Some(self.network.take_for_report())
-        } else {
-            None
-        };
-        let mut alarms = self.detector.evaluate_device(&sample, sample.timestamp_ms);
-        sample
-            .alerts
-            .extend(alarms.iter().map(AlarmEvent::to_alert));
-        let mut sample = match &self.plugins {
-            Some(host) => match host.process_async(sample).await {
-                Processed::Pass(changed) => Some(changed),
-                Processed::Held { plugin, reason } => {
-                    warn!(%plugin, %reason, "sample held back by a fail-closed plugin");
-                    self.status.add("report.held", 1);
-                    None
-                }
-                Processed::Dropped { plugin } => {
-                    info!(%plugin, "sample dropped by plugin");
-                    self.status.add("report.dropped_by_plugin", 1);
-                    None
-                }
-            },
-            None => Some(sample),
-        };
-        if let Some(sample) = &mut sample {
-            let custom = self.detector.evaluate_custom(sample, sample.timestamp_ms);
-            sample
-                .alerts
-                .extend(custom.iter().map(AlarmEvent::to_alert));
-            alarms.extend(custom);
+    /// Rewrites `status.json` when `stateWriteSeconds` passed since the last
+    /// time (and always at shutdown): `status` may show a state up to that
+    /// old, and says when it was written (`updated_ms`).
+    fn write_status_when_due(&mut self) {
+        let now = now_ms();
+        if !self.status_writes.due(now) {
+            return;
         }
-        if let Err(error) = self.detector.save(now_ms(), false) {
-            warn!(%error, "cannot save the detection statistics");
+        match self.status.write(self.state.path(), now) {
+            Ok(_) => self.status_writes.done(now),
+            Err(error) => warn!(%error, "cannot write the status file"),
         }
-        self.dispatch_alarms(&alarms);
-        let reported = self.report(sample, window).await;
-        if let Err(error) = self.state.save(RUN_NETWORK_STATE, &self.network) {
-            warn!(%error, "cannot persist network counters");
-        }
-        reported
     }
 
-    /// Builds and hands on the report of a report tick; on other ticks sends
-    /// alerts to the SIEM path. Returns whether this was a report tick.
-    async fn report(
-        &mut self,
-        sample: Option<Sample>,
-        window: Option<Option<NetworkStats>>,
-    ) -> anyhow::Result<bool> {
-        let report_due = window.is_some();
-
-        let Some(mut sample) = sample else {
-            // No report this time: the window's traffic goes to the next one.
-            if let Some(window) = window {
-                self.network.give_back(window);
+    /// One pipeline step, then its outputs handed on; returns whether this
+    /// was a report tick.
+    async fn tick(&mut self, report_due: bool) -> anyhow::Result<bool> {
+        // Plugins are synchronous and bounded by their budgets: the step
+        // runs where blocking is allowed.
+        let pipeline = &mut self.pipeline;
+        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
+        self.pipeline.persist(now_ms());
+        self.alarms.deliver(&tick.alarms);
+        self.findings.submit(&tick.alarms).await;
+        for alarm in &tick.alarms {
+            // `status` lists the open alarms.
+            let key = format!("alarm.{}", alarm.key());
+            match alarm.state {
+                AlarmState::Alarm => self.status.set_text(
+                    &key,
+                    format!(
+                        "since {} UTC: {}",
+                        crate::status::format_utc(alarm.violation_start_ms),
+                        alarm.finding()
+                    ),
+                ),
+                AlarmState::Clear | AlarmState::Invalidated => self.status.remove(&key),
             }
-            return Ok(report_due);
-        };
-        let Some(window) = window else {
-            // Not a report tick: alarms and plugin alerts go to the SIEM path
-            // at once, with the sample that raised them.
-            if !sample.alerts.is_empty() {
-                let id = self.state.next_report_id(now_ms())?;
-                self.to_firehose(&sample, id, false).await;
-            }
-            return Ok(false);
-        };
-        // The report carries the traffic of its whole window; a plugin that
-        // removed network_stats keeps them out.
-        if sample.network_stats.is_some() {
-            sample.network_stats = window;
+            self.output.event(Event {
+                kind: "alarm",
+                timestamp_ms: alarm.timestamp_ms,
+                fields: serde_json::to_value(alarm).unwrap_or_default(),
+                human: alarm.human(),
+            })?;
         }
-        let id = self.state.next_report_id(now_ms())?;
-        self.to_firehose(&sample, id, true).await;
-        match report::prepare(&sample, id, self.format, self.report_budget) {
-            Ok(prepared) => {
-                self.status.add("report.built", 1);
-                let trimmed = prepared.trimmed.total();
-                if trimmed > 0 {
-                    warn!(report_id = id, trimmed = ?prepared.trimmed, budget = self.report_budget, "report over budget; entries trimmed");
-                    self.status.add("report.trimmed_entries", trimmed);
-                }
+        let Passed { sample, id, report } = match tick.outcome {
+            Outcome::Passed(passed) => *passed,
+            Outcome::Held { plugin, reason } => {
+                warn!(%plugin, %reason, "sample held back by a fail-closed plugin");
+                self.status.add("report.held", 1);
+                return Ok(report_due);
+            }
+            Outcome::Dropped { plugin } => {
+                info!(%plugin, "sample dropped by plugin");
+                self.status.add("report.dropped_by_plugin", 1);
+                return Ok(report_due);
+            }
+        };
+        self.output.sample_events(&sample)?;
+        if let Some(id) = id {
+            self.siem.submit(&sample, id, report.is_some()).await;
+        }
+        match report {
+            None => {}
+            Some(Ok(prepared)) => {
                 // Outbox first: once a report is anywhere, it is durable.
-                let text = prepared.report;
+                let id = prepared.report.header.report_id;
                 if let Some((publisher, _)) = &self.publisher {
                     publisher
                         .submit(id, prepared.bytes)
@@ -545,53 +501,83 @@ impl Session {
                         .with_context(|| format!("storing report {id} in the outbox"))?;
                     self.submitted = true;
                 }
-                self.output.write(&text, self.format)?;
+                self.output
+                    .report(&prepared.report, self.format, now_ms())?;
             }
-            Err(error) => {
+            Some(Err(error)) => {
                 error!(report_id = id, %error, "report failed validation; not sent");
                 self.status.add("report.validation_failures", 1);
-                self.network.give_back(window);
             }
         }
-        Ok(true)
+        Ok(report_due)
     }
 
-    #[cfg(feature = "firehose")]
-    async fn to_firehose(&self, sample: &Sample, id: u64, report: bool) {
-        if let Some((firehose, _)) = &self.firehose {
-            let without_alarms;
-            let sample = if self.alarms_to_firehose {
-                sample
-            } else {
-                let mut copy = sample.clone();
-                copy.alerts
-                    .retain(|a| !a.source.starts_with(DETECT_ALERT_SOURCE));
-                without_alarms = copy;
-                &without_alarms
-            };
-            if sample.alerts.is_empty() && !report {
-                return;
-            }
-            if let Err(error) = firehose.submit(sample, id).await {
-                error!(%error, sample_id = id, "cannot store events for Firehose");
-                self.status.add("firehose.submit_errors", 1);
-            }
+    /// `--once`: waits for the report's acknowledgement.
+    async fn finish_once(&self, wait: Duration) -> RunOutcome {
+        match &self.publisher {
+            Some((publisher, _)) if self.submitted => match publisher.flush(wait).await {
+                FlushOutcome::Acknowledged => RunOutcome::Done,
+                FlushOutcome::QueuedInOutbox => {
+                    warn!(
+                        wait_s = wait.as_secs(),
+                        "the report was not acknowledged in time; it waits in the outbox for the next run"
+                    );
+                    RunOutcome::Queued
+                }
+            },
+            _ => RunOutcome::Done,
         }
     }
 
-    #[cfg(not(feature = "firehose"))]
-    async fn to_firehose(&self, _sample: &Sample, _id: u64, _report: bool) {}
+    /// Stops everything this session started; what is unsent stays on disk.
+    async fn shutdown(mut self) {
+        if let Some((publisher, task)) = self.publisher.take() {
+            publisher.shutdown().await;
+            let _ = task.await;
+        }
+        self.siem.shutdown().await;
+        self.findings.shutdown().await;
+        if let Some(transport) = self.transport.take()
+            && let AnyTransport::Mqtt(mqtt) = &*transport
+        {
+            mqtt.shutdown().await;
+        }
+        self.pipeline.finish(now_ms());
+        if let Err(error) = self.output.flush() {
+            warn!(%error, "cannot flush the NDJSON output");
+        }
+        if let Err(error) = self.status.write(self.state.path(), now_ms()) {
+            warn!(%error, "cannot write the status file");
+        }
+    }
+}
 
-    /// Sends alarm events to the IoT topic and the local topic, in the
-    /// background so that an unreachable peer never delays sampling.
-    fn dispatch_alarms(&self, alarms: &[AlarmEvent]) {
+/// Where alarm events go: the IoT topic over the transport and the
+/// Greengrass local topic.
+struct AlarmTopics {
+    topic: String,
+    /// The shape of the events on `topic` (`detection.alarmFormat`).
+    format: crate::detect::AlarmFormat,
+    local_topic: String,
+    transport: Option<Arc<AnyTransport>>,
+    ipc: Option<IpcClient>,
+    status: Status,
+}
+
+impl AlarmTopics {
+    /// Logs each event and publishes it in the background, so that an
+    /// unreachable peer never delays sampling.
+    fn deliver(&self, alarms: &[AlarmEvent]) {
         for alarm in alarms {
             let payload = alarm.to_json();
             warn!(alarm = %String::from_utf8_lossy(&payload), "detection");
-            if let Some(transport) = &self.transport {
+            let on_topic = alarm.alarm_topic_payload(self.format);
+            if on_topic.is_none() {
+                self.status.add("detect.alarms_suppressed", 1);
+            }
+            if let (Some(transport), Some(payload)) = (&self.transport, on_topic) {
                 let transport = transport.clone();
-                let topic = self.alarm_topic.clone();
-                let payload = payload.clone();
+                let topic = self.topic.clone();
                 let status = self.status.clone();
                 tokio::spawn(async move {
                     match transport.publish(&topic, payload).await {
@@ -619,89 +605,9 @@ impl Session {
             }
         }
     }
-
-    /// `--once`: waits for the report's acknowledgement.
-    async fn finish_once(&self, wait: Duration) -> RunOutcome {
-        match &self.publisher {
-            Some((publisher, _)) if self.submitted => match publisher.flush(wait).await {
-                FlushOutcome::Acknowledged => RunOutcome::Done,
-                FlushOutcome::QueuedInOutbox => {
-                    warn!(
-                        wait_s = wait.as_secs(),
-                        "the report was not acknowledged in time; it waits in the outbox for the next run"
-                    );
-                    RunOutcome::Queued
-                }
-            },
-            _ => RunOutcome::Done,
-        }
-    }
-
-    /// Stops everything this session started; what is unsent stays on disk.
-    async fn shutdown(mut self) {
-        if let Some((publisher, task)) = self.publisher.take() {
-            publisher.shutdown().await;
-            let _ = task.await;
-        }
-        #[cfg(feature = "firehose")]
-        if let Some((firehose, task)) = self.firehose.take() {
-            firehose.shutdown().await;
-            let _ = task.await;
-        }
-        if let Some(transport) = self.transport.take()
-            && let AnyTransport::Mqtt(mqtt) = &*transport
-        {
-            mqtt.shutdown().await;
-        }
-        if let Err(error) = self.detector.save(now_ms(), true) {
-            warn!(%error, "cannot save the detection statistics");
-        }
-        if let Err(error) = self.output.flush() {
-            warn!(%error, "cannot flush the NDJSON output");
-        }
-        if let Err(error) = self.status.write(self.state.path(), now_ms()) {
-            warn!(%error, "cannot write the status file");
-        }
-    }
 }
 
-#[cfg(feature = "firehose")]
-async fn start_firehose(config: &Config, state: &StateDir, status: &Status) -> Firehose {
-    if !config.publish.firehose.enabled {
-        return None;
-    }
-    match crate::publish::firehose::FirehoseSink::start(
-        &config.publish.firehose,
-        state.path(),
-        status.clone(),
-    )
-    .await
-    {
-        Ok(sink) => Some(sink),
-        Err(error) => {
-            // Reports to Device Defender go on; SIEM events are not collected
-            // until the next start or configuration update.
-            error!(%error, "Firehose sink not started; SIEM events are not sent");
-            status.set_text("firehose.state", format!("not started: {error}"));
-            None
-        }
-    }
-}
-
-#[cfg(not(feature = "firehose"))]
-async fn start_firehose(config: &Config, _state: &StateDir, status: &Status) -> Firehose {
-    if config.publish.firehose.enabled {
-        error!(
-            "publish.firehose.enabled is set, but this build has no Firehose support (cargo feature `firehose`)"
-        );
-        status.set_text("firehose.state", "not built in");
-    }
-    None
-}
-
-async fn next_update(
-    updates: &mut Option<&mut mpsc::Receiver<Vec<String>>>,
-) -> Option<Vec<String>> {
+async fn next_update(updates: &mut Option<&mut ConfigurationUpdates>) -> Option<Vec<Vec<String>>> {
     match updates {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,
@@ -711,18 +617,19 @@ async fn next_update(
 /// Reads the configuration after an update event; `None` when it is invalid
 /// (logged and counted) or unchanged.
 async fn read_update(
-    ipc: Option<&IpcClient>,
-    path: &[String],
+    nucleus: Option<&Nucleus>,
+    paths: &[Vec<String>],
     options: &RunOptions,
     current: &Config,
     status: &Status,
 ) -> Option<Config> {
-    let ipc = ipc?;
+    let nucleus = nucleus?;
     // Greengrass sends one event per changed key; a deployment that changes
-    // several sends several. Let them settle, then read the whole document.
+    // several sends several (coalesced by the client). Let them settle, then
+    // read the whole document.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    info!(key_path = ?path, "configuration update announced");
-    let mut config = match greengrass_configuration(ipc).await {
+    info!(key_paths = ?paths, "configuration update announced");
+    let mut config = match nucleus.configuration().await {
         Ok(config) => config,
         Err(error) => {
             warn!(error = %format!("{error:#}"), "refused configuration update; keeping the running configuration");
@@ -734,7 +641,7 @@ async fn read_update(
     if config == *current {
         return None;
     }
-    if let Err(error) = Session::probe(&config) {
+    if let Err(error) = Pipeline::check(&config) {
         warn!(error = %format!("{error:#}"), "refused configuration update; keeping the running configuration");
         status.add("run.configuration_refused", 1);
         return None;

@@ -120,13 +120,57 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Alert {
-    /// Who raised it: a plugin's name, or `detect/<profile>` for local detection.
+    /// Who raised it, as [`AlertOrigin`] writes it: a plugin's name, or
+    /// `detect/<profile>` for local detection. Read it with
+    /// [`Alert::origin`].
     pub source: String,
     pub name: String,
     pub severity: Severity,
     pub message: String,
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
+}
+
+impl Alert {
+    /// Who raised the alert.
+    pub fn origin(&self) -> AlertOrigin<'_> {
+        match self.source.strip_prefix(AlertOrigin::DETECTION_PREFIX) {
+            Some(profile) => AlertOrigin::Detection { profile },
+            None => AlertOrigin::Plugin { name: &self.source },
+        }
+    }
+}
+
+/// Who raised an alert: a plugin, or local detection judging one of its
+/// security profiles. In [`Alert::source`] (and so in the plugin interface
+/// and the HEC events) a plugin is its name and detection is
+/// `detect/<profile>`. A plugin's name is its file's name, which cannot hold
+/// a `/`, so the two never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertOrigin<'a> {
+    Plugin { name: &'a str },
+    Detection { profile: &'a str },
+}
+
+impl AlertOrigin<'_> {
+    const DETECTION_PREFIX: &'static str = "detect/";
+
+    /// Whether local detection raised the alert.
+    pub fn is_detection(self) -> bool {
+        matches!(self, AlertOrigin::Detection { .. })
+    }
+}
+
+impl std::fmt::Display for AlertOrigin<'_> {
+    /// The [`Alert::source`] text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AlertOrigin::Plugin { name } => f.write_str(name),
+            AlertOrigin::Detection { profile } => {
+                write!(f, "{}{profile}", AlertOrigin::DETECTION_PREFIX)
+            }
+        }
+    }
 }
 
 /// Who holds the sockets behind a sample's port and connection lists: the
@@ -352,4 +396,33 @@ fn find_port<'a>(rows: &'a [PortOwners], port: &ListeningPort) -> Option<&'a [So
     rows.binary_search_by(|row| row.port.cmp(port))
         .ok()
         .map(|i| rows[i].owners.as_slice())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_origins_round_trip_through_the_source_text() {
+        for origin in [
+            AlertOrigin::Plugin {
+                name: "port-allowlist",
+            },
+            AlertOrigin::Detection {
+                profile: "DeviceRuleBaseline",
+            },
+        ] {
+            let alert = Alert {
+                source: origin.to_string(),
+                name: "n".to_owned(),
+                severity: Severity::Info,
+                message: String::new(),
+                attributes: BTreeMap::new(),
+            };
+            assert_eq!(alert.origin(), origin);
+        }
+        let detection = AlertOrigin::Detection { profile: "P" };
+        assert_eq!(detection.to_string(), "detect/P");
+        assert!(detection.is_detection());
+    }
 }

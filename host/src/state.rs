@@ -161,7 +161,9 @@ fn modified_ms(path: &Path) -> u64 {
 }
 
 /// Replaces `path` with `bytes` so that readers and a crash see either the old
-/// or the new content, never a mix.
+/// or the new content, never a mix: a temporary file beside it, fsync,
+/// rename, fsync of the directory. Every file that must survive a crash is
+/// written through here.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path

@@ -33,6 +33,10 @@ pub struct Snapshot {
     pub updated_ms: u64,
     /// The process that wrote it.
     pub pid: u32,
+    /// When that process started, ms since the Unix epoch (0 in files
+    /// written before it was recorded).
+    #[serde(default)]
+    pub started_ms: u64,
     pub values: BTreeMap<String, Value>,
 }
 
@@ -40,11 +44,20 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     inner: Arc<Mutex<BTreeMap<String, Value>>>,
+    started_ms: u64,
 }
 
 impl Status {
     pub fn new() -> Status {
-        Status::default()
+        Status {
+            inner: Arc::default(),
+            started_ms: crate::state::now_ms(),
+        }
+    }
+
+    /// Removes `name` (an alarm that cleared, say).
+    pub fn remove(&self, name: &str) {
+        self.lock().remove(name);
     }
 
     /// Adds `n` to the counter `name` (created at zero).
@@ -86,6 +99,7 @@ impl Status {
         Snapshot {
             updated_ms: now_ms,
             pid: std::process::id(),
+            started_ms: self.started_ms,
             values: self.lock().clone(),
         }
     }
@@ -120,24 +134,77 @@ pub fn read(dir: &Path) -> Result<Snapshot, String> {
         .map_err(|e| format!("{} is not a status file: {e}", path.display()))
 }
 
-/// Renders a snapshot as a table a person reads at a glance: one block per
-/// area, names aligned, the age of the snapshot on top.
-pub fn render_table(snapshot: &Snapshot, now_ms: u64) -> String {
+/// Whether the process that wrote a status file still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    /// No process has that pid any more.
+    Gone,
+    /// The pid now belongs to another program.
+    Reused,
+}
+
+/// The program name `run`'s process has in `/proc/<pid>/comm`.
+const PROGRAM: &str = "defender-edge";
+
+/// Looks the writer of `snapshot` up in `proc_root` (`/proc`).
+pub fn liveness(snapshot: &Snapshot, proc_root: &Path) -> Liveness {
+    match std::fs::read_to_string(proc_root.join(snapshot.pid.to_string()).join("comm")) {
+        Err(_) => Liveness::Gone,
+        Ok(comm) if comm.trim_end() == PROGRAM => Liveness::Running,
+        Ok(_) => Liveness::Reused,
+    }
+}
+
+/// Renders a snapshot as a table a person reads at a glance: whether its
+/// writer still runs and since when, the age of the snapshot, the open
+/// alarms, then one block per area, names aligned.
+pub fn render_table(snapshot: &Snapshot, now_ms: u64, alive: Liveness) -> String {
     let age_s = now_ms.saturating_sub(snapshot.updated_ms) / 1000;
+    let pid = snapshot.pid;
+    let state = match alive {
+        Liveness::Running if snapshot.started_ms > 0 => format!(
+            "running (pid {pid}, up {})",
+            format_age(now_ms.saturating_sub(snapshot.started_ms) / 1000)
+        ),
+        Liveness::Running => format!("running (pid {pid})"),
+        Liveness::Gone => format!("NOT RUNNING (pid {pid} has exited)"),
+        Liveness::Reused => format!("NOT RUNNING (pid {pid} is now another program)"),
+    };
     let mut out = format!(
-        "defender-edge status (pid {}, updated {} UTC, {} ago)\n",
-        snapshot.pid,
+        "defender-edge {state}\nupdated {} UTC, {} ago\n",
         format_utc(snapshot.updated_ms),
         format_age(age_s)
     );
-    let width = snapshot
+    let alarms: Vec<(&str, &Value)> = snapshot
         .values
-        .keys()
-        .map(|k| k.split_once('.').map_or(k.len(), |(_, rest)| rest.len()))
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(ALARM_PREFIX).map(|k| (k, v)))
+        .collect();
+    let open = match alive {
+        Liveness::Running => "open alarms",
+        _ => "alarms open when it stopped",
+    };
+    if alarms.is_empty() {
+        out.push_str(&format!("\n{open}: none\n"));
+    } else {
+        out.push_str(&format!("\n{open}\n"));
+        for (behavior, value) in alarms {
+            out.push_str(&format!("  {behavior}  {}\n", shown(value)));
+        }
+    }
+    let counters = || {
+        snapshot
+            .values
+            .iter()
+            .filter(|(k, _)| !k.starts_with(ALARM_PREFIX))
+    };
+    let width = counters()
+        .map(|(k, _)| k.split_once('.').map_or(k.len(), |(_, rest)| rest.len()))
         .max()
         .unwrap_or(0);
     let mut area = "";
-    for (name, value) in &snapshot.values {
+    for (name, value) in counters() {
         let (this_area, rest) = name.split_once('.').unwrap_or(("", name.as_str()));
         if this_area != area {
             area = this_area;
@@ -146,13 +213,19 @@ pub fn render_table(snapshot: &Snapshot, now_ms: u64) -> String {
                 if area.is_empty() { "general" } else { area }
             ));
         }
-        let value = match value {
-            Value::Number(n) => n.to_string(),
-            Value::Text(t) => t.clone(),
-        };
-        out.push_str(&format!("  {rest:<width$}  {value}\n"));
+        out.push_str(&format!("  {rest:<width$}  {}\n", shown(value)));
     }
     out
+}
+
+/// Open alarms are kept as `alarm.<profile>/<behavior>`.
+pub const ALARM_PREFIX: &str = "alarm.";
+
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.to_string(),
+        Value::Text(t) => t.clone(),
+    }
 }
 
 fn format_age(seconds: u64) -> String {
@@ -207,15 +280,41 @@ mod tests {
         status.add("collect.samples", 1);
         status.set_text("plugin.port-allowlist.state", "running");
         status.set("outbox.depth", 0);
-        let table = render_table(&status.snapshot(1_767_225_600_000), 1_767_225_630_000);
+        status.set_text(
+            "alarm.P/B",
+            "since 2026-01-01 00:00:00 UTC: port 21 (not in 22)",
+        );
+        let mut snapshot = status.snapshot(1_767_225_600_000);
+        snapshot.started_ms = 1_767_225_000_000;
+        let table = render_table(&snapshot, 1_767_225_630_000, Liveness::Running);
         let expected = format!(
-            "defender-edge status (pid {}, updated 2026-01-01 00:00:00 UTC, 30 s ago)\n\n\
+            "defender-edge running (pid {}, up 10 min)\n\
+             updated 2026-01-01 00:00:00 UTC, 30 s ago\n\n\
+             open alarms\n  P/B  since 2026-01-01 00:00:00 UTC: port 21 (not in 22)\n\n\
              collect\n  samples               3\n\n\
              outbox\n  depth                 0\n\n\
              plugin\n  port-allowlist.state  running\n",
             std::process::id()
         );
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn liveness_checks_the_pid_and_its_program() {
+        let proc = tempfile::tempdir().expect("temp dir");
+        let snapshot = Snapshot {
+            pid: 42,
+            ..Snapshot::default()
+        };
+        assert_eq!(liveness(&snapshot, proc.path()), Liveness::Gone);
+        std::fs::create_dir(proc.path().join("42")).expect("pid dir");
+        std::fs::write(proc.path().join("42/comm"), "bash\n").expect("comm");
+        assert_eq!(liveness(&snapshot, proc.path()), Liveness::Reused);
+        std::fs::write(proc.path().join("42/comm"), "defender-edge\n").expect("comm");
+        assert_eq!(liveness(&snapshot, proc.path()), Liveness::Running);
+        let table = render_table(&snapshot, 0, Liveness::Gone);
+        assert!(table.starts_with("defender-edge NOT RUNNING (pid 42 has exited)\n"));
+        assert!(table.contains("alarms open when it stopped: none"));
     }
 
     #[test]

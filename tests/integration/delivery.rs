@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use defender_edge::publish::defender::{
     DefenderConfig, DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome,
-    SupersededReport,
 };
 use defender_edge::publish::mqtt::{MqttConfig, MqttTransport};
 use defender_edge::publish::outbox::{EntryId, Outbox, OutboxError, OutboxLimits, StorageFault};
@@ -414,53 +413,88 @@ async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 
 // ----------------------------------------------------------------- device
 
-/// A Device Defender publisher over MQTT, as `run` wires it.
-struct Device {
-    transport: Arc<MqttTransport>,
-    handle: DefenderHandle,
-    task: tokio::task::JoinHandle<()>,
-    status: Status,
-    superseded: Arc<Mutex<Vec<u64>>>,
+/// What every delivery test starts from: a throwaway PKI, a mosquitto that
+/// trusts it, an observer on the thing's report topic, and a state
+/// directory. Each test numbers its reports from its own `first_id`, so the
+/// log lines of the tests running beside it are never taken for its own.
+struct Rig {
+    pki: Pki,
+    broker: Broker,
+    observer: Observer,
+    state: tempfile::TempDir,
+    thing: &'static str,
+    first_id: u64,
 }
 
-struct DeviceSetup<'a> {
-    thing: &'a str,
-    mqtt: MqttConfig,
-    state_dir: &'a Path,
-    min_interval_seconds: u64,
-    reply_timeout_seconds: u64,
-}
-
-impl Device {
-    async fn start(setup: DeviceSetup<'_>) -> Device {
+impl Rig {
+    /// `persistent`: the broker keeps sessions across its own restarts.
+    async fn start(thing: &'static str, first_id: u64, persistent: bool) -> Rig {
         capture_logs();
+        let pki = Pki::new();
+        let broker = Broker::start(&pki, persistent);
+        let observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+        Rig {
+            pki,
+            broker,
+            observer,
+            state: tempfile::tempdir().expect("tempdir"),
+            thing,
+            first_id,
+        }
+    }
+
+    /// The id of this test's `n`-th report.
+    fn id(&self, n: u64) -> u64 {
+        self.first_id + n
+    }
+
+    /// This test's `n`-th report.
+    fn report(&self, n: u64) -> Vec<u8> {
+        report(self.thing, self.id(n))
+    }
+
+    /// A device with a certificate the broker trusts, trusting the broker.
+    async fn device(&self, floor: Floor) -> Device {
+        self.device_as("device", "ca", floor).await
+    }
+
+    /// A device presenting `client`'s certificate and trusting `ca`.
+    async fn device_as(&self, client: &str, ca: &str, floor: Floor) -> Device {
+        self.device_with(client, ca, self.state.path(), floor).await
+    }
+
+    /// A device whose state directory (outbox, publish floor) is `state_dir`,
+    /// e.g. on a file system a test makes fail.
+    async fn device_in(&self, state_dir: &Path, floor: Floor) -> Device {
+        self.device_with("device", "ca", state_dir, floor).await
+    }
+
+    async fn device_with(&self, client: &str, ca: &str, state_dir: &Path, floor: Floor) -> Device {
         let status = Status::new();
         let transport = Arc::new(
-            MqttTransport::start(&setup.mqtt, setup.thing, status.clone()).expect("mqtt starts"),
+            MqttTransport::start(
+                &self.pki.mqtt(self.broker.port, client, ca),
+                self.thing,
+                status.clone(),
+            )
+            .expect("mqtt starts"),
         );
         let outbox = Outbox::open(
-            &setup.state_dir.join("outbox"),
+            &state_dir.join("outbox"),
             OutboxLimits::default(),
             "outbox",
             status.clone(),
         )
         .expect("outbox opens");
-        let superseded = Arc::new(Mutex::new(Vec::new()));
-        let sink = superseded.clone();
         let options = DefenderOptions {
-            thing_name: setup.thing.to_owned(),
+            thing_name: self.thing.to_owned(),
             format: Format::Json,
-            state_dir: setup.state_dir.to_owned(),
+            state_dir: state_dir.to_owned(),
             config: DefenderConfig {
                 enabled: true,
-                min_interval_seconds: setup.min_interval_seconds,
-                reply_timeout_seconds: setup.reply_timeout_seconds,
+                min_interval_seconds: floor.min_interval_seconds,
+                reply_timeout_seconds: floor.reply_timeout_seconds,
             },
-            on_superseded: Some(Arc::new(move |r: SupersededReport| {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(r.report_id)
-            })),
         };
         let (handle, task) =
             DefenderPublisher::start(transport.clone(), outbox, options, status.clone())
@@ -471,15 +505,54 @@ impl Device {
             handle,
             task,
             status,
-            superseded,
+            ids: self.first_id..self.first_id + 100,
         }
     }
+}
 
+/// `publish.deviceDefender`'s timing for a test device.
+#[derive(Clone, Copy)]
+struct Floor {
+    min_interval_seconds: u64,
+    reply_timeout_seconds: u64,
+}
+
+/// No floor between publishes; replies awaited for a minute.
+const NO_FLOOR: Floor = Floor {
+    min_interval_seconds: 0,
+    reply_timeout_seconds: 60,
+};
+
+/// A Device Defender publisher over MQTT, as `run` wires it.
+struct Device {
+    transport: Arc<MqttTransport>,
+    handle: DefenderHandle,
+    task: tokio::task::JoinHandle<()>,
+    status: Status,
+    /// The report ids of its test.
+    ids: std::ops::Range<u64>,
+}
+
+impl Device {
+    /// The reports its test submitted that left the outbox without going to
+    /// Device Defender, as the log names them (superseded by a newer one,
+    /// or refused by the transport).
     fn superseded(&self) -> Vec<u64> {
-        self.superseded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        all_logs()
+            .lines()
+            .filter(|l| {
+                l.contains("report superseded by a newer one")
+                    || l.contains("report refused by the transport")
+            })
+            .filter_map(|l| l.split_once("report_id=").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|id| id.parse::<u64>().ok())
+            .filter(|id| self.ids.contains(id))
+            .collect()
+    }
+
+    async fn submit(&self, id: u64, report: Vec<u8>) {
+        self.handle.submit(id, report).await.expect("submit");
     }
 
     async fn stop(self) {
@@ -526,53 +599,47 @@ fn topic(thing: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_arrive_and_replies_are_counted() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-replies";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 2,
-    })
-    .await;
+    let mut rig = Rig::start("dd-replies", 100, false).await;
+    let thing = rig.thing;
+    let device = rig
+        .device(Floor {
+            min_interval_seconds: 0,
+            reply_timeout_seconds: 2,
+        })
+        .await;
     assert!(
         !log_lines(&["WARN", "minIntervalSeconds is below"]).is_empty(),
         "lowering the floor is warned about"
     );
 
     let replies = [
-        serde_json::json!({"thingName": thing, "reportId": 1, "status": "ACCEPTED", "timestamp": 1}),
-        serde_json::json!({"thingName": thing, "reportId": 2, "status": "REJECTED", "timestamp": 1,
+        serde_json::json!({"thingName": thing, "reportId": rig.id(1), "status": "ACCEPTED", "timestamp": 1}),
+        serde_json::json!({"thingName": thing, "reportId": rig.id(2), "status": "REJECTED", "timestamp": 1,
             "statusDetails": {"ErrorCode": "InvalidPayload", "ErrorMessage": "Malformed metrics report"}}),
     ];
-    for id in 1..=3u64 {
-        device
-            .handle
-            .submit(id, report(thing, id))
-            .await
-            .expect("submit");
-        let (t, payload, _) = observer.expect_next("report arrives at the broker").await;
+    for n in 1..=3u64 {
+        device.submit(rig.id(n), rig.report(n)).await;
+        let (t, payload, _) = rig
+            .observer
+            .expect_next("report arrives at the broker")
+            .await;
         assert_eq!(t, topic(thing));
-        assert_eq!(payload, report(thing, id), "the report decodes unchanged");
-        assert_eq!(report_id_of(&payload), id);
-        match id {
+        assert_eq!(payload, rig.report(n), "the report decodes unchanged");
+        assert_eq!(report_id_of(&payload), rig.id(n));
+        match n {
             1 => {
-                observer
+                rig.observer
                     .reply(format!("{t}/accepted"), replies[0].clone())
                     .await
             }
             2 => {
-                observer
+                rig.observer
                     .reply(format!("{t}/rejected"), replies[1].clone())
                     .await
             }
             _ => {} // Report 3 stays unanswered.
         }
-        device.wait_counter("defender.sent", id).await;
+        device.wait_counter("defender.sent", n).await;
     }
     device.wait_counter("defender.accepted", 1).await;
     device.wait_counter("defender.rejected", 1).await;
@@ -597,39 +664,28 @@ async fn reports_arrive_and_replies_are_counted() {
 }
 
 /// The floor holds between publishes and across a restart; older waiting
-/// reports are superseded and handed to the hook.
+/// reports are superseded, and the log names them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_floor_holds_across_restarts_and_backlog_is_superseded() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-floor";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let setup = || DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
+    let mut rig = Rig::start("dd-floor", 200, false).await;
+    let floor = Floor {
         min_interval_seconds: 3,
         reply_timeout_seconds: 60,
     };
-    let device = Device::start(setup()).await;
-    device
-        .handle
-        .submit(1, report(thing, 1))
-        .await
-        .expect("submit");
-    let (_, first, first_at) = observer.expect_next("first").await;
-    assert_eq!(report_id_of(&first), 1);
+    let device = rig.device(floor).await;
+    device.submit(rig.id(1), rig.report(1)).await;
+    let (_, first, first_at) = rig.observer.expect_next("first").await;
+    assert_eq!(report_id_of(&first), rig.id(1));
     device.wait_counter("defender.sent", 1).await;
-    for id in 2..=3 {
-        device
-            .handle
-            .submit(id, report(thing, id))
-            .await
-            .expect("submit");
+    for n in 2..=3 {
+        device.submit(rig.id(n), rig.report(n)).await;
     }
-    let (_, second, second_at) = observer.expect_next("second").await;
-    assert_eq!(report_id_of(&second), 3, "the newest report goes next");
+    let (_, second, second_at) = rig.observer.expect_next("second").await;
+    assert_eq!(
+        report_id_of(&second),
+        rig.id(3),
+        "the newest report goes next"
+    );
     assert!(
         second_at - first_at >= Duration::from_millis(2900),
         "publishes {:?} apart",
@@ -637,28 +693,23 @@ async fn publish_floor_holds_across_restarts_and_backlog_is_superseded() {
     );
     assert_eq!(
         device.superseded(),
-        vec![2],
-        "the older report goes to the hook"
+        vec![rig.id(2)],
+        "the older report is named as superseded"
     );
     assert_eq!(device.status.number("defender.superseded"), 1);
-    assert!(!log_lines(&["WARN", "report superseded", "report_id=2"]).is_empty());
     device.stop().await;
     let stopped_at = Instant::now();
 
     // A restart (say, after a configuration change) must not publish early.
-    let device = Device::start(setup()).await;
-    device
-        .handle
-        .submit(4, report(thing, 4))
-        .await
-        .expect("submit");
+    let device = rig.device(floor).await;
+    device.submit(rig.id(4), rig.report(4)).await;
     assert_eq!(
         device.handle.flush(Duration::from_millis(200)).await,
         FlushOutcome::QueuedInOutbox,
         "the floor keeps the report queued"
     );
-    let (_, fourth, fourth_at) = observer.expect_next("fourth").await;
-    assert_eq!(report_id_of(&fourth), 4);
+    let (_, fourth, fourth_at) = rig.observer.expect_next("fourth").await;
+    assert_eq!(report_id_of(&fourth), rig.id(4));
     assert!(
         fourth_at - second_at >= Duration::from_millis(2900),
         "restart published {:?} after the previous report (stopped {:?} after it)",
@@ -669,43 +720,23 @@ async fn publish_floor_holds_across_restarts_and_backlog_is_superseded() {
 }
 
 /// The broker goes away mid-stream and comes back with the sessions it saved:
-/// every report reaches it or the superseded hook, in order, none more than
-/// twice.
+/// every report reaches it or is named as superseded, in order, none more
+/// than twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_loses_nothing() {
-    let pki = Pki::new();
-    let mut broker = Broker::start(&pki, true);
-    let thing = "dd-restart";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    })
-    .await;
-    assert!(
-        device
-            .transport
-            .wait_connected(Duration::from_secs(10))
-            .await
-    );
+    let mut rig = Rig::start("dd-restart", 300, true).await;
+    let device = rig.device(NO_FLOOR).await;
+    wait_for("the MQTT connection", || device.transport.is_connected()).await;
 
     let total = 30u64;
-    for id in 1..=total {
-        if id == 10 {
-            broker.stop();
+    for n in 1..=total {
+        if n == 10 {
+            rig.broker.stop();
         }
-        if id == 20 {
-            broker.restart();
+        if n == 20 {
+            rig.broker.restart();
         }
-        device
-            .handle
-            .submit(id, report(thing, id))
-            .await
-            .expect("submit");
+        device.submit(rig.id(n), rig.report(n)).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(
@@ -715,7 +746,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     );
     // Give the observer a moment for the last delivery.
     let mut received = Vec::new();
-    while let Some((_, payload, _)) = observer.next(Duration::from_secs(2)).await {
+    while let Some((_, payload, _)) = rig.observer.next(Duration::from_secs(2)).await {
         received.push(report_id_of(&payload));
     }
     assert!(
@@ -735,7 +766,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     all.dedup();
     assert_eq!(
         all,
-        (1..=total).collect::<Vec<_>>(),
+        (1..=total).map(|n| rig.id(n)).collect::<Vec<_>>(),
         "received {received:?}, superseded {superseded:?}"
     );
     assert!(
@@ -748,7 +779,7 @@ async fn broker_restart_mid_stream_loses_nothing() {
     );
     assert_eq!(
         received.last(),
-        Some(&total),
+        Some(&rig.id(total)),
         "the newest report reached the broker"
     );
     device.stop().await;
@@ -758,92 +789,108 @@ async fn broker_restart_mid_stream_loses_nothing() {
 /// subscribes again, so replies still arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_session_resubscribes_to_replies() {
-    let pki = Pki::new();
-    let mut broker = Broker::start(&pki, false);
-    let thing = "dd-resubscribe";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    })
-    .await;
+    let mut rig = Rig::start("dd-resubscribe", 400, false).await;
+    let device = rig.device(NO_FLOOR).await;
     device.wait_counter("mqtt.connects", 1).await;
-    broker.restart();
+    rig.broker.restart();
     device.wait_counter("mqtt.connects", 2).await;
     device.wait_counter("mqtt.resubscribed", 2).await;
-    observer.wait_subscribed(2).await;
+    rig.observer.wait_subscribed(2).await;
     // Wait for the SUBACKs of the new session before a reply is sent.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    device
-        .handle
-        .submit(7, report(thing, 7))
-        .await
-        .expect("submit");
-    let (t, payload, _) = observer.expect_next("report").await;
-    assert_eq!(report_id_of(&payload), 7);
-    observer
+    device.submit(rig.id(7), rig.report(7)).await;
+    let (t, payload, _) = rig.observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), rig.id(7));
+    rig.observer
         .reply(
             format!("{t}/accepted"),
-            serde_json::json!({"thingName": thing, "reportId": 7, "status": "ACCEPTED", "timestamp": 1}),
+            serde_json::json!({"thingName": rig.thing, "reportId": rig.id(7), "status": "ACCEPTED", "timestamp": 1}),
         )
         .await;
     device.wait_counter("defender.accepted", 1).await;
     device.stop().await;
 }
 
+/// Two devices with one client id (a cloned SD image): the broker accepts
+/// each and drops the other at once. The reconnect delay keeps growing
+/// instead of starting over at every CONNACK, so the pair does not storm
+/// the broker with a CONNECT per second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twins_sharing_a_client_id_back_off_instead_of_storming() {
+    let rig = Rig::start("dd-twins", 1100, false).await;
+    let config = rig.pki.mqtt(rig.broker.port, "device", "ca");
+    let peer = format!("MQTT broker localhost:{}", rig.broker.port);
+    let twins: Vec<(MqttTransport, Status)> = (0..2)
+        .map(|_| {
+            let status = Status::new();
+            let transport =
+                MqttTransport::start(&config, "dd-twins", status.clone()).expect("mqtt starts");
+            (transport, status)
+        })
+        .collect();
+    let retries = || -> Vec<u64> {
+        log_lines(&[&peer, "MQTT connection failed"])
+            .iter()
+            .filter_map(|l| l.split_once("retry_in_ms=").map(|(_, rest)| rest))
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .filter_map(|ms| ms.parse().ok())
+            .collect()
+    };
+    // Each kicked twin waits 1, 2, 4 s (±25 %): a 3 s wait comes within
+    // ~8 s. Starting over at every CONNACK never waits more than 1.25 s.
+    let until = Instant::now() + Duration::from_secs(15);
+    while !retries().iter().any(|&ms| ms >= 2_500) {
+        assert!(
+            Instant::now() < until,
+            "the delay never grew past 1.25 s: {:?}",
+            retries()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connects: u64 = twins.iter().map(|(_, s)| s.number("mqtt.connects")).sum();
+    assert!(
+        (2..=8).contains(&connects),
+        "{connects} connects, retries {:?}",
+        retries()
+    );
+    for (transport, _) in &twins {
+        transport.shutdown().await;
+    }
+}
+
 /// Reports stored while the broker is unreachable survive a crash of the
 /// publisher and go out after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_publisher_keeps_unsent_reports() {
-    let pki = Pki::new();
-    let mut broker = Broker::start(&pki, false);
-    let thing = "dd-crash";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    broker.stop();
-    let state = tempfile::tempdir().expect("tempdir");
-    let port = broker.port;
-    let setup = || DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    };
-    let device = Device::start(setup()).await;
-    for id in 1..=3 {
-        device
-            .handle
-            .submit(id, report(thing, id))
-            .await
-            .expect("submit");
+    let mut rig = Rig::start("dd-crash", 500, false).await;
+    rig.broker.stop();
+    let device = rig.device(NO_FLOOR).await;
+    for n in 1..=3 {
+        device.submit(rig.id(n), rig.report(n)).await;
     }
     assert_eq!(device.status.number("outbox.depth"), 3);
     device.crash().await;
 
-    broker.restart();
-    observer.wait_subscribed(2).await;
-    let device = Device::start(setup()).await;
+    rig.broker.restart();
+    rig.observer.wait_subscribed(2).await;
+    let device = rig.device(NO_FLOOR).await;
     assert_eq!(
         device.status.number("outbox.depth"),
         3,
         "all three survived"
     );
-    let (_, payload, _) = observer.expect_next("report").await;
+    let (_, payload, _) = rig.observer.expect_next("report").await;
     assert_eq!(
         report_id_of(&payload),
-        3,
+        rig.id(3),
         "the newest goes to Device Defender"
     );
     device.wait_counter("defender.sent", 1).await;
     assert_eq!(
         device.superseded(),
-        vec![1, 2],
-        "the older ones go to the hook"
+        vec![rig.id(1), rig.id(2)],
+        "the older ones are named as superseded"
     );
     assert_eq!(device.status.number("defender.superseded"), 2);
     assert_eq!(
@@ -858,12 +905,8 @@ async fn crashed_publisher_keeps_unsent_reports() {
 /// the right settings the same outbox delivers it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_peers_fail_clearly_and_lose_nothing() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-bad-peers";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let peer = format!("MQTT broker localhost:{}", broker.port);
+    let mut rig = Rig::start("dd-bad-peers", 600, false).await;
+    let peer = format!("MQTT broker localhost:{}", rig.broker.port);
 
     // (client certificate, CA we trust, what the error must say)
     let cases = [
@@ -871,21 +914,14 @@ async fn bad_peers_fail_clearly_and_lose_nothing() {
         ("device", "rogue-ca", "certificate"),
     ];
     for (client, ca, says) in cases {
-        let device = Device::start(DeviceSetup {
-            thing,
-            mqtt: pki.mqtt(broker.port, client, ca),
-            state_dir: state.path(),
-            min_interval_seconds: 0,
-            reply_timeout_seconds: 60,
-        })
-        .await;
+        let device = rig.device_as(client, ca, NO_FLOOR).await;
         device.wait_counter("mqtt.connect_failures", 2).await;
         let error = device.transport.last_error().expect("a connection error");
         assert!(error.contains(&peer), "{error}");
         assert!(error.contains(says), "{client}/{ca}: {error}");
         let published = device
             .transport
-            .publish(&topic(thing), b"{}".to_vec())
+            .publish(&topic(rig.thing), b"{}".to_vec())
             .await;
         match published {
             Err(TransportError::Unreachable { peer: p, reason }) => {
@@ -897,11 +933,7 @@ async fn bad_peers_fail_clearly_and_lose_nothing() {
         assert_eq!(device.status.number("mqtt.connected"), 0);
         assert!(!log_lines(&["WARN", "MQTT connection failed; retrying", &peer]).is_empty());
         if client == "impostor" {
-            device
-                .handle
-                .submit(1, report(thing, 1))
-                .await
-                .expect("submit");
+            device.submit(rig.id(1), rig.report(1)).await;
         }
         assert_eq!(
             device.status.number("outbox.depth"),
@@ -911,16 +943,9 @@ async fn bad_peers_fail_clearly_and_lose_nothing() {
         device.stop().await;
     }
 
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    })
-    .await;
-    let (_, payload, _) = observer.expect_next("report").await;
-    assert_eq!(report_id_of(&payload), 1);
+    let device = rig.device(NO_FLOOR).await;
+    let (_, payload, _) = rig.observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), rig.id(1));
     device.wait_counter("defender.sent", 1).await;
     assert_eq!(device.status.number("outbox.depth"), 0);
     device.stop().await;
@@ -930,28 +955,25 @@ async fn bad_peers_fail_clearly_and_lose_nothing() {
 /// only on the PUBACK (a frozen broker makes it time out, not succeed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_pass_and_publish_waits_for_puback() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let mut observer = Observer::start(&pki, broker.port, "large/#").await;
-    capture_logs();
+    let mut rig = Rig::start("dd-large", 800, false).await;
     let transport = MqttTransport::start(
-        &pki.mqtt(broker.port, "device", "ca"),
-        "dd-large",
+        &rig.pki.mqtt(rig.broker.port, "device", "ca"),
+        rig.thing,
         Status::new(),
     )
     .expect("mqtt starts");
-    assert!(transport.wait_connected(Duration::from_secs(10)).await);
+    wait_for("the MQTT connection", || transport.is_connected()).await;
     let big: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
     transport
-        .publish("large/report", big.clone())
+        .publish(&topic(rig.thing), big.clone())
         .await
         .expect("a 100 KiB payload is acknowledged");
-    let (_, received, _) = observer.expect_next("arrives").await;
+    let (_, received, _) = rig.observer.expect_next("arrives").await;
     assert_eq!(received, big);
 
-    broker.signal(libc::SIGSTOP);
-    let frozen = transport.publish("large/report", b"x".to_vec()).await;
-    broker.signal(libc::SIGCONT);
+    rig.broker.signal(libc::SIGSTOP);
+    let frozen = transport.publish(&topic(rig.thing), b"x".to_vec()).await;
+    rig.broker.signal(libc::SIGCONT);
     assert!(
         matches!(frozen, Err(TransportError::Timeout { .. })),
         "no PUBACK, no success: {frozen:?}"
@@ -960,37 +982,18 @@ async fn large_payloads_pass_and_publish_waits_for_puback() {
 }
 
 /// A report the transport refuses for good (over the 128 KB packet limit) is
-/// handed to the hook and counted, not retried in front of newer reports.
+/// removed, counted and named in the log, not retried in front of newer
+/// reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_report_is_handed_on_not_retried() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-refused";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    })
-    .await;
-    device
-        .handle
-        .submit(1, vec![b' '; 200 * 1024])
-        .await
-        .expect("submit");
+    let mut rig = Rig::start("dd-refused", 700, false).await;
+    let device = rig.device(NO_FLOOR).await;
+    device.submit(rig.id(1), vec![b' '; 200 * 1024]).await;
     device.wait_counter("defender.refused", 1).await;
-    assert_eq!(device.superseded(), vec![1]);
-    device
-        .handle
-        .submit(2, report(thing, 2))
-        .await
-        .expect("submit");
-    let (_, payload, _) = observer.expect_next("report").await;
-    assert_eq!(report_id_of(&payload), 2);
-    assert!(!log_lines(&["WARN", "report refused by the transport", "report_id=1"]).is_empty());
+    assert_eq!(device.superseded(), vec![rig.id(1)]);
+    device.submit(rig.id(2), rig.report(2)).await;
+    let (_, payload, _) = rig.observer.expect_next("report").await;
+    assert_eq!(report_id_of(&payload), rig.id(2));
     device.stop().await;
 }
 
@@ -1254,10 +1257,7 @@ fn read_only_file_system_keeps_the_outbox_serving_and_it_recovers() {
 /// card is writable `recover_storage` lets submits through again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_state_still_publishes_what_the_outbox_holds() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-read-only";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
+    let mut rig = Rig::start("dd-read-only", 900, false).await;
     let fs = SmallFs::tmpfs(1024 * 1024);
     {
         let mut outbox = Outbox::open(
@@ -1267,27 +1267,22 @@ async fn read_only_state_still_publishes_what_the_outbox_holds() {
             Status::new(),
         )
         .expect("open");
-        for id in 1..=2 {
-            outbox.push(&defender_entry(thing, id)).expect("push");
+        for n in 1..=2 {
+            outbox
+                .push(&defender_entry(rig.thing, rig.id(n)))
+                .expect("push");
         }
     }
     fs.remount_read_only();
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: fs.path(),
-        min_interval_seconds: 0,
-        reply_timeout_seconds: 60,
-    })
-    .await;
-    let (_, payload, _) = observer.expect_next("the held report").await;
-    assert_eq!(report_id_of(&payload), 2, "the newest report goes");
-    assert_eq!(device.superseded(), vec![1]);
+    let device = rig.device_in(fs.path(), NO_FLOOR).await;
+    let (_, payload, _) = rig.observer.expect_next("the held report").await;
+    assert_eq!(report_id_of(&payload), rig.id(2), "the newest report goes");
+    assert_eq!(device.superseded(), vec![rig.id(1)]);
     device.wait_counter("defender.floor_unsaved", 1).await;
 
     let error = device
         .handle
-        .submit(3, report(thing, 3))
+        .submit(rig.id(3), rig.report(3))
         .await
         .expect_err("nothing can be stored");
     assert_eq!(
@@ -1305,11 +1300,11 @@ async fn read_only_state_still_publishes_what_the_outbox_holds() {
         .expect("writable again");
     device
         .handle
-        .submit(3, report(thing, 3))
+        .submit(rig.id(3), rig.report(3))
         .await
         .expect("stored again");
-    let (_, payload, _) = observer.expect_next("the report after recovery").await;
-    assert_eq!(report_id_of(&payload), 3);
+    let (_, payload, _) = rig.observer.expect_next("the report after recovery").await;
+    assert_eq!(report_id_of(&payload), rig.id(3));
     device.stop().await;
 }
 
@@ -1318,48 +1313,38 @@ async fn read_only_state_still_publishes_what_the_outbox_holds() {
 /// holds from start-up, and it is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_publish_floor_reads_as_just_published() {
-    let pki = Pki::new();
-    let broker = Broker::start(&pki, false);
-    let thing = "dd-corrupt-floor";
-    let mut observer = Observer::start(&pki, broker.port, &topic(thing)).await;
-    let state = tempfile::tempdir().expect("tempdir");
+    let mut rig = Rig::start("dd-corrupt-floor", 1000, false).await;
     std::fs::write(
-        state.path().join("defender-last-publish.json"),
-        format!("{{\"{thing}\": 17"),
+        rig.state.path().join("defender-last-publish.json"),
+        format!("{{\"{}\": 17", rig.thing),
     )
     .expect("a truncated state file");
     let started = Instant::now();
-    let device = Device::start(DeviceSetup {
-        thing,
-        mqtt: pki.mqtt(broker.port, "device", "ca"),
-        state_dir: state.path(),
-        min_interval_seconds: 3,
-        reply_timeout_seconds: 60,
-    })
-    .await;
+    let device = rig
+        .device(Floor {
+            min_interval_seconds: 3,
+            reply_timeout_seconds: 60,
+        })
+        .await;
     assert_eq!(device.status.number("state.corrupt_files"), 1);
     assert!(!log_lines(&["WARN", "defender-last-publish.json", "corrupt"]).is_empty());
-    device
-        .handle
-        .submit(1, report(thing, 1))
-        .await
-        .expect("submit");
+    device.submit(rig.id(1), rig.report(1)).await;
     assert_eq!(
         device.handle.flush(Duration::from_millis(200)).await,
         FlushOutcome::QueuedInOutbox,
         "the floor counts from start-up"
     );
-    let (_, payload, at) = observer.expect_next("the report after the floor").await;
-    assert_eq!(report_id_of(&payload), 1);
+    let (_, payload, at) = rig.observer.expect_next("the report after the floor").await;
+    assert_eq!(report_id_of(&payload), rig.id(1));
     assert!(
         at - started >= Duration::from_millis(2900),
         "{:?}",
         at - started
     );
     let saved: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(state.path().join("defender-last-publish.json")).expect("read"),
+        &std::fs::read(rig.state.path().join("defender-last-publish.json")).expect("read"),
     )
     .expect("the corrupt file was replaced");
-    assert!(saved[thing].as_u64().is_some());
+    assert!(saved[rig.thing].as_u64().is_some());
     device.stop().await;
 }

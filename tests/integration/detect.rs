@@ -39,7 +39,13 @@ fn detector(dir: &Path, profile: Value, min_datapoints: usize) -> Detector {
         statistics_min_datapoints: min_datapoints,
         ..DetectionConfig::default()
     };
-    let detector = Detector::new(&config, dir, &Status::new()).expect("profile loads");
+    let detector = Detector::new(
+        &config,
+        dir,
+        &Status::new(),
+        std::time::Duration::from_secs(300),
+    )
+    .expect("profile loads");
     assert!(detector.is_active());
     detector
 }
@@ -60,7 +66,13 @@ fn fixture_profiles_load_through_the_configuration() {
         ..DetectionConfig::default()
     };
     let status = Status::new();
-    let detector = Detector::new(&config, dir.path(), &status).expect("fixtures load unchanged");
+    let detector = Detector::new(
+        &config,
+        dir.path(),
+        &status,
+        std::time::Duration::from_secs(300),
+    )
+    .expect("fixtures load unchanged");
     assert!(detector.is_active());
     assert_eq!(status.number("detect.profiles"), 2);
     assert_eq!(status.number("detect.behaviors"), 5);
@@ -96,7 +108,7 @@ fn an_unexpected_listener_alarms_and_clears() {
             s.listening_tcp_ports.iter().any(|p| p.port == port),
             "the collector did not see the listener on {port}"
         );
-        let events = detector.evaluate_device(&s, now_ms());
+        let events = detector.evaluate_device(&s, now_ms(), true);
         if let Some(event) = events.into_iter().next() {
             raised = Some(event);
             break;
@@ -112,10 +124,10 @@ fn an_unexpected_listener_alarms_and_clears() {
     let s = sample(&collector);
     assert!(s.listening_tcp_ports.iter().all(|p| p.port != port));
     assert!(
-        detector.evaluate_device(&s, now_ms()).is_empty(),
+        detector.evaluate_device(&s, now_ms(), true).is_empty(),
         "one conforming datapoint is not enough to clear"
     );
-    let cleared = detector.evaluate_device(&sample(&collector), now_ms());
+    let cleared = detector.evaluate_device(&sample(&collector), now_ms(), true);
     assert_eq!(cleared.len(), 1, "{cleared:?}");
     assert_eq!(cleared[0].state, AlarmState::Clear);
     assert_eq!(cleared[0].violation_id, raised.violation_id);
@@ -200,7 +212,7 @@ fn loopback_traffic_past_a_threshold_alarms() {
         t += PERIOD_MS;
         let s = traffic.sample();
         assert!(s.network_stats.is_some(), "no traffic delta from /proc");
-        detector.evaluate_device(&s, t)
+        detector.evaluate_device(&s, t, true)
     };
 
     // The first delta only opens the window.
@@ -235,18 +247,21 @@ fn a_statistical_threshold_learned_from_quiet_traffic_catches_a_burst() {
             "durationSeconds": 300, "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1}}
     ]});
     let min_datapoints = 5;
-    let mut detector = detector(dir.path(), profile, min_datapoints);
+    let mut detector = detector(dir.path(), profile.clone(), min_datapoints);
     let mut traffic = Traffic::new();
     traffic.sample();
     // One sample opens the window, then each quiet one closes a period of
     // the baseline. Nothing is judged before the baseline is complete.
     for i in 0..=min_datapoints as u64 {
-        let events = detector.evaluate_device(&traffic.sample(), i * PERIOD_MS);
+        let events = detector.evaluate_device(&traffic.sample(), i * PERIOD_MS, true);
         assert!(events.is_empty(), "judged while learning: {events:?}");
     }
     push_loopback(256 * MIB);
-    let burst =
-        detector.evaluate_device(&traffic.sample(), (min_datapoints as u64 + 1) * PERIOD_MS);
+    let burst = detector.evaluate_device(
+        &traffic.sample(),
+        (min_datapoints as u64 + 1) * PERIOD_MS,
+        true,
+    );
     assert_eq!(burst.len(), 1, "{burst:?}");
     let event = &burst[0];
     assert_eq!(event.state, AlarmState::Alarm);
@@ -260,20 +275,19 @@ fn a_statistical_threshold_learned_from_quiet_traffic_catches_a_burst() {
 
     // The baseline survives a restart.
     detector.save(0, true).expect("save");
-    let mut restarted = self::detector(
-        dir.path(),
-        json!({"securityProfileName": "Exfiltration", "behaviors": [
-        {"name": "BytesOutAboveBaseline", "metric": "aws:all-bytes-out", "criteria": {
-            "comparisonOperator": "less-than-equals", "statisticalThreshold": {"statistic": "p99.99"},
-            "durationSeconds": 300}}]}),
-        min_datapoints,
-    );
+    // The same profile: a changed one would invalidate the open alarm
+    // (DETECTION.md section 8).
+    let mut restarted = self::detector(dir.path(), profile, min_datapoints);
     // Its first sample only opens the traffic window; the second is quiet,
     // judged at once against the restored baseline, and clears the alarm
     // raised before the restart under its original id.
     let t = (min_datapoints as u64 + 2) * PERIOD_MS;
-    assert!(restarted.evaluate_device(&traffic.sample(), t).is_empty());
-    let quiet = restarted.evaluate_device(&traffic.sample(), t + PERIOD_MS);
+    assert!(
+        restarted
+            .evaluate_device(&traffic.sample(), t, true)
+            .is_empty()
+    );
+    let quiet = restarted.evaluate_device(&traffic.sample(), t + PERIOD_MS, true);
     assert_eq!(quiet.len(), 1, "{quiet:?}");
     assert_eq!(quiet[0].state, AlarmState::Clear);
     assert_eq!(quiet[0].violation_id, event.violation_id);

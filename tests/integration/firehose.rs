@@ -19,7 +19,7 @@ use defender_edge::publish::firehose::{FirehoseConfig, FirehoseError, FirehoseSi
 use defender_edge::sample::{
     Alert, CustomMetricValue, EstablishedConnection, ListeningPort, NetworkStats, Sample, Severity,
 };
-use defender_edge::status::Status;
+use defender_edge::status::{Status, Value as StatusValue};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -519,7 +519,7 @@ fn expected_ids(samples: &[(Sample, u64)], config: &FirehoseConfig) -> BTreeSet<
     let mut ids = BTreeSet::new();
     for (s, id) in samples {
         let mut buf = Vec::new();
-        events::write_sample(s, *id, &options, &mut buf);
+        events::write_sample(s, *id, &options, usize::MAX, &mut buf, |_, _| {});
         for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let v: Value = serde_json::from_slice(line).expect("JSON");
             ids.insert(
@@ -894,27 +894,58 @@ async fn stream_deleted_while_running_is_surfaced_and_nothing_is_dropped() {
     );
 }
 
+/// The state the sink shows in `status` (`firehose.state`).
+fn state_of(status: &Status) -> String {
+    match status.get("firehose.state") {
+        Some(StatusValue::Text(text)) => text,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Every event of `samples` reached the bucket (read back from moto).
+fn all_delivered(
+    moto: &Moto,
+    bucket: &str,
+    samples: &[(Sample, u64)],
+    config: &FirehoseConfig,
+) -> bool {
+    let delivered: BTreeSet<String> = count_ids(&moto.delivered(bucket), config)
+        .into_keys()
+        .collect();
+    delivered == expected_ids(samples, config)
+}
+
+/// A device that boots before its delivery stream exists (a fleet deployed
+/// before the SOC made the stream): the sink starts, stores every event from
+/// the start, says why it waits, and sends once the stream appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_stream_is_a_clear_error_at_start() {
+async fn a_stream_created_late_gets_every_event_stored_from_the_start() {
     let moto = Moto::start();
-    moto.create_stream("siem", "siem-backup");
     let state = tempfile::tempdir().expect("tempdir");
-    let err = FirehoseSink::start_with_loader(
-        &config("no-such-stream"),
-        state.path(),
-        Status::new(),
-        loader(&moto.url()),
-    )
-    .await
-    .expect_err("unknown stream");
-    assert!(
-        matches!(err, FirehoseError::StreamNotFound { .. }),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        "Firehose delivery stream no-such-stream does not exist in us-east-1"
-    );
+    let config = config("late-stream");
+    let status = Status::new();
+    let (handle, task) =
+        FirehoseSink::start_with_loader(&config, state.path(), status.clone(), loader(&moto.url()))
+            .await
+            .expect("starts before its stream exists");
+    let samples: Vec<(Sample, u64)> = (0..3).map(|n| (sample("edge-late", n), 5000 + n)).collect();
+    for (s, id) in &samples {
+        handle.submit(s, *id).await.expect("stored while waiting");
+    }
+    eventually(Duration::from_secs(10), "the waiting state", || {
+        state_of(&status)
+            == "waiting: Firehose delivery stream late-stream does not exist in us-east-1"
+    })
+    .await;
+    moto.create_stream("late-stream", "late-backup");
+    eventually(Duration::from_secs(20), "every event delivered", || {
+        all_delivered(&moto, "late-backup", &samples, &config)
+    })
+    .await;
+    assert_eq!(state_of(&status), "running");
+    assert!(status.number("firehose.start_check_failures") >= 1);
+    handle.shutdown().await;
+    task.await.expect("worker ends");
 }
 
 // ------------------------------------------- the environment, the AWS way --
@@ -964,7 +995,12 @@ const TES_KEY_ID: &str = "ASIATESTFROMTES";
 
 impl TokenExchange {
     fn start() -> TokenExchange {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind TES");
+        TokenExchange::start_on(0)
+    }
+
+    /// Listens on `port` (0: any free one).
+    fn start_on(port: u16) -> TokenExchange {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind TES");
         let addr = listener.local_addr().expect("TES address");
         let served = Arc::new(Mutex::new(0));
         let count = served.clone();
@@ -1009,24 +1045,40 @@ impl TokenExchange {
     }
 }
 
+/// In a child: the sink started from the process environment (as the
+/// component does on Greengrass: region and endpoint from AWS_* variables),
+/// with three samples of `thing` submitted, ids from `first_id`.
+async fn start_from_environment(
+    state: &str,
+    thing: &str,
+    first_id: u64,
+) -> (
+    defender_edge::publish::firehose::FirehoseHandle,
+    tokio::task::JoinHandle<()>,
+    Status,
+) {
+    let config = FirehoseConfig {
+        region: None,
+        ..config("siem")
+    };
+    let status = Status::new();
+    let (handle, task) = FirehoseSink::start(&config, Path::new(state), status.clone())
+        .await
+        .expect("starts with AWS_REGION and AWS_ENDPOINT_URL_FIREHOSE");
+    for n in 0..3 {
+        handle
+            .submit(&sample(thing, n), first_id + n)
+            .await
+            .expect("submit");
+    }
+    (handle, task, status)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_credentials_from_the_token_exchange_service_are_used() {
     if let Ok(state) = std::env::var(CHILD) {
         // Child: exactly what the component does on Greengrass.
-        let config = FirehoseConfig {
-            region: None,
-            ..config("siem")
-        };
-        let status = Status::new();
-        let (handle, task) = FirehoseSink::start(&config, Path::new(&state), status.clone())
-            .await
-            .expect("starts with TES credentials, AWS_REGION and AWS_ENDPOINT_URL_FIREHOSE");
-        for n in 0..3 {
-            handle
-                .submit(&sample("edge-tes", n), 4000 + n)
-                .await
-                .expect("submit");
-        }
+        let (handle, task, status) = start_from_environment(&state, "edge-tes", 4000).await;
         handle.shutdown().await;
         task.await.expect("worker ends");
         assert_eq!(status.number("firehose.outbox.depth"), 0);
@@ -1075,7 +1127,7 @@ async fn container_credentials_from_the_token_exchange_service_are_used() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_region_or_credentials_is_a_clear_error_at_start() {
+async fn missing_region_is_an_error_and_missing_credentials_are_waited_for() {
     if let Ok(state) = std::env::var(CHILD) {
         let state = Path::new(&state);
         let no_region = FirehoseConfig {
@@ -1095,18 +1147,19 @@ async fn missing_region_or_credentials_is_a_clear_error_at_start() {
             region: Some("eu-west-1".to_owned()),
             ..config("siem")
         };
-        let err = FirehoseSink::start(&eu, state, Status::new())
+        let status = Status::new();
+        let (handle, task) = FirehoseSink::start(&eu, state, status.clone())
             .await
-            .expect_err("no credentials anywhere");
-        assert!(
-            matches!(err, FirehoseError::NoCredentials { .. }),
-            "{err:?}"
-        );
-        let text = err.to_string();
-        assert!(
-            text.starts_with("no AWS credentials for Firehose delivery stream siem in eu-west-1: "),
-            "{text}"
-        );
+            .expect("starts without credentials, waiting for them");
+        eventually(Duration::from_secs(10), "the waiting state", || {
+            state_of(&status).starts_with(
+                "waiting: no AWS credentials for Firehose delivery stream siem in eu-west-1: ",
+            )
+        })
+        .await;
+        handle.shutdown().await;
+        task.await.expect("worker ends");
+        assert_eq!(state_of(&status), "stopped");
         return;
     }
     // No AWS_* variable but the endpoint: nothing to find credentials in.
@@ -1114,10 +1167,77 @@ async fn missing_region_or_credentials_is_a_clear_error_at_start() {
     let url = moto.url();
     tokio::task::spawn_blocking(move || {
         run_child(
-            "firehose::missing_region_or_credentials_is_a_clear_error_at_start",
+            "firehose::missing_region_is_an_error_and_missing_credentials_are_waited_for",
             &[("AWS_ENDPOINT_URL_FIREHOSE", url)],
         )
     })
     .await
     .expect("child test");
+}
+
+/// Credentials that appear late (the Greengrass Token Exchange Service
+/// starts after the component, here once the sink said it waits for
+/// credentials): events are stored from the start, and delivered signed
+/// with TES's key once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_appear_late_are_waited_for() {
+    if let Ok(state) = std::env::var(CHILD) {
+        let (handle, task, status) = start_from_environment(&state, "edge-tes-late", 6000).await;
+        eventually(Duration::from_secs(10), "the waiting state", || {
+            state_of(&status).starts_with("waiting: no AWS credentials")
+        })
+        .await;
+        // Only now does the Token Exchange Service start, on the port the
+        // environment names.
+        let uri = std::env::var("AWS_CONTAINER_CREDENTIALS_FULL_URI").expect("TES URI");
+        let port = uri
+            .trim_start_matches("http://localhost:")
+            .split('/')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("TES port");
+        let tes = TokenExchange::start_on(port);
+        eventually(Duration::from_secs(30), "delivery", || {
+            status.number("firehose.outbox.depth") == 0 && state_of(&status) == "running"
+        })
+        .await;
+        assert!(status.number("firehose.start_check_failures") >= 1);
+        assert!(*tes.served.lock().expect("count") >= 1);
+        handle.shutdown().await;
+        task.await.expect("worker ends");
+        return;
+    }
+    let moto = Moto::start();
+    moto.create_stream("siem", "siem-backup");
+    let proxy = Proxy::start(moto.port).await;
+    // TES's port: free until the child, waiting for credentials, starts TES.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let proxy_url = proxy.url();
+    let child = tokio::task::spawn_blocking(move || {
+        run_child(
+            "firehose::credentials_that_appear_late_are_waited_for",
+            &[
+                ("AWS_REGION", REGION.to_owned()),
+                ("AWS_ENDPOINT_URL_FIREHOSE", proxy_url),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    format!("http://localhost:{port}/2016-11-01/credentialprovider/"),
+                ),
+                ("AWS_CONTAINER_AUTHORIZATION_TOKEN", TES_TOKEN.to_owned()),
+            ],
+        );
+    });
+    child.await.expect("child test");
+    assert_eq!(
+        proxy.lock().log.access_keys,
+        BTreeSet::from([TES_KEY_ID.to_owned()])
+    );
+    let samples: Vec<(Sample, u64)> = (0..3)
+        .map(|n| (sample("edge-tes-late", n), 6000 + n))
+        .collect();
+    let config = config("siem");
+    assert!(all_delivered(&moto, "siem-backup", &samples, &config));
 }

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use defender_edge::publish::ipc::frame::{self, Frame, Header};
-use defender_edge::publish::ipc::{
-    ComponentState, IpcClient, IpcError, IpcOptions, Qos, max_publish_payload,
+use defender_edge::greengrass::ipc::frame::{self, Frame, Header};
+use defender_edge::greengrass::ipc::{
+    ComponentState, ConfigurationUpdates, IpcClient, IpcError, IpcOptions, Qos, max_publish_payload,
 };
 use defender_edge::publish::{Transport, TransportError};
 use defender_edge::status::Status;
@@ -151,6 +151,14 @@ async fn recv<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("an event within 5 s")
+        .expect("the subscription is still open")
+}
+
+/// The next set of changed key paths, within 5 s.
+async fn changes(updates: &mut ConfigurationUpdates) -> Vec<Vec<String>> {
+    tokio::time::timeout(Duration::from_secs(5), updates.recv())
+        .await
+        .expect("changes within 5 s")
         .expect("the subscription is still open")
 }
 
@@ -480,7 +488,7 @@ async fn every_operation(lite: bool) {
         .await
         .expect("watch config");
     nucleus.control(json!({"cmd": "config_update", "key_path": ["publish", "ipc"], "value": {"requestTimeoutSeconds": "20"}}));
-    assert_eq!(recv(&mut updates).await, vec!["publish", "ipc"]);
+    assert_eq!(changes(&mut updates).await, vec![vec!["publish", "ipc"]]);
     assert_eq!(
         client
             .get_configuration(&["publish"])
@@ -898,10 +906,71 @@ async fn subscription_ended_by_the_nucleus_is_restored() {
             })
             .await;
         nucleus.control(json!({"cmd": "config_update", "key_path": ["a"], "value": 1}));
-        assert_eq!(recv(&mut config).await, vec!["a"]);
+        assert_eq!(changes(&mut config).await, vec![vec!["a"]]);
         assert_eq!(nucleus.events("connect").len(), 1);
         nucleus.assert_no_violations();
     }
+}
+
+/// A deployment that changes 500 keys: the nucleus sends 500 update events
+/// at once and nobody reads them yet (the component is busy reading the new
+/// configuration). The answer to GetConfiguration comes through the same
+/// reader behind them, and it is over 1 MiB (large inline profiles): it
+/// arrives at once, and the 500 events wait coalesced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_configuration_updates_never_holds_back_a_large_answer() {
+    let profile = "p".repeat(1_200_000);
+    let nucleus = TestNucleus::start_with(
+        false,
+        json!({"detection": {"profile": profile}, "sampleIntervalSeconds": 300}),
+    );
+    let client = nucleus.client(fast_options()).await;
+    let mut updates = client
+        .subscribe_to_configuration_update(&[])
+        .await
+        .expect("watch config");
+    let burst =
+        nucleus.control(json!({"cmd": "config_burst", "key_path": ["detection"], "count": 500}));
+    assert_eq!(burst["events"], 500);
+
+    let started = Instant::now();
+    let document = client
+        .get_configuration(&[])
+        .await
+        .expect("the answer behind 500 unread events");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        document["detection"]["profile"].as_str().map(str::len),
+        Some(1_200_000)
+    );
+
+    // 500 distinct keys are more than the client lists: the whole
+    // configuration counts as changed, once.
+    let changed = changes(&mut updates).await;
+    assert_eq!(changed, vec![Vec::<String>::new()]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), updates.recv())
+            .await
+            .is_err(),
+        "nothing is left after the coalesced set"
+    );
+    nucleus.control(json!({"cmd": "config_burst", "key_path": ["detection"], "count": 3}));
+    let mut changed = Vec::new();
+    while changed.len() < 3 {
+        changed.extend(changes(&mut updates).await);
+    }
+    assert_eq!(
+        changed,
+        (0..3)
+            .map(|n| vec!["detection".to_owned(), format!("k{n}")])
+            .collect::<Vec<_>>(),
+        "a few keys are listed one by one"
+    );
+    nucleus.assert_no_violations();
 }
 
 #[tokio::test]

@@ -424,10 +424,13 @@ fn pi_binary(target: &PiTarget) -> PathBuf {
     let mut cmd = Command::new(cargo);
     // Cargo gives tests this package's CARGO_PKG_* and friends; ring's build
     // script watches some of them, so passing them on would rebuild ring and
-    // everything above it instead of reusing `scripts/package.sh`'s build.
+    // everything above it instead of reusing the build of `scripts/test.sh`
+    // or `scripts/package.sh`. The user's own cargo settings stay (a shared
+    // CARGO_BUILD_BUILD_DIR, CARGO_BUILD_JOBS), or this build would differ
+    // from theirs.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if name.starts_with("CARGO_") && name != "CARGO_HOME" {
+        if name.starts_with("CARGO_") && name != "CARGO_HOME" && !name.starts_with("CARGO_BUILD_") {
             cmd.env_remove(&*name);
         }
     }

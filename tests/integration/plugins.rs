@@ -104,6 +104,17 @@ pub fn wasm(crate_name: &str) -> PathBuf {
     path
 }
 
+/// `<dir>/plugins` holding the built example `names`, each under its plugin
+/// name (`owner-enrichment.wasm`), as a host's plugin folder.
+pub fn plugin_folder(dir: &Path, names: &[&str]) -> PathBuf {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    for name in names {
+        std::fs::copy(wasm(name), plugins.join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    plugins
+}
+
 /// Log lines written while `f` ran on this thread.
 #[derive(Clone, Default)]
 pub(crate) struct Logs(Arc<Mutex<Vec<u8>>>);
@@ -225,14 +236,15 @@ impl Rig {
     }
 }
 
-fn port(port: u16, interface: Option<&str>) -> ListeningPort {
+pub(crate) fn port(port: u16, interface: Option<&str>) -> ListeningPort {
     ListeningPort {
         port,
         interface: interface.map(str::to_owned),
     }
 }
 
-/// A device with a rogue FTP server (21), SSH (22) and an ephemeral listener.
+/// A device with a rogue FTP server (21), SSH (22) and an ephemeral listener;
+/// the sample every plugin test feeds its plugins.
 pub(crate) fn sample() -> Sample {
     let conn = |addr: &str, local_port| EstablishedConnection {
         remote_addr: addr.parse().unwrap(),

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use defender_edge::plugin::cli::COMPONENTIZE_PY_VERSION;
 use defender_edge::plugin::{PluginHost, PluginsConfig, Processed};
-use defender_edge::sample::{Alert, EstablishedConnection, ListeningPort, Sample, Severity};
+use defender_edge::sample::{EstablishedConnection, Sample};
 use defender_edge::status::{Status, Value};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::plugins::capture;
+use crate::plugins::{capture, passed, port, sample};
 use crate::support;
 
 /// Where the virtual environment and the built Python plugins live.
@@ -148,27 +148,34 @@ fn warm_cache(wasm: &Path) {
     );
 }
 
+/// Builds a Python plugin and warms the shared cache with it, holding a lock
+/// on the work folder: under cargo-nextest every test is a process of its
+/// own, and two of them must not install componentize-py into the same venv,
+/// write the same `.wasm`, or both spend minutes compiling the same component.
+fn built_and_warm(name: &str, app_dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(work_dir()).unwrap();
+    let lock = std::fs::File::create(work_dir().join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let wasm = build_python(name, app_dir);
+    warm_cache(&wasm);
+    wasm
+}
+
 /// The Python port-allowlist example, built once per test process.
 pub fn port_allowlist_py() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
     WASM.get_or_init(|| {
-        let wasm = build_python(
+        built_and_warm(
             "port-allowlist-py",
             &support::repo().join("plugins/examples/port-allowlist-py"),
-        );
-        warm_cache(&wasm);
-        wasm
+        )
     })
 }
 
 /// The Python fault fixture (misbehaviour chosen by its `mode` config).
 fn faults_py() -> &'static Path {
     static WASM: OnceLock<PathBuf> = OnceLock::new();
-    WASM.get_or_init(|| {
-        let wasm = build_python("faults-py", &support::fixture("plugins/python/faults"));
-        warm_cache(&wasm);
-        wasm
-    })
+    WASM.get_or_init(|| built_and_warm("faults-py", &support::fixture("plugins/python/faults")))
 }
 
 /// One plugin, under the name `p`, in a folder of its own.
@@ -211,38 +218,12 @@ impl Rig {
     }
 }
 
-fn port(port: u16, interface: Option<&str>) -> ListeningPort {
-    ListeningPort {
-        port,
-        interface: interface.map(str::to_owned),
-    }
-}
-
-/// Samples that exercise every branch of port-allowlist.
+/// Samples that exercise every branch of port-allowlist: the plugin tests'
+/// sample with a UDP listener to keep, one on an interface and one to drop.
 fn samples() -> Vec<Sample> {
-    let conn = |addr: &str, local_port| EstablishedConnection {
-        remote_addr: addr.parse().unwrap(),
-        local_port,
-        local_interface: Some("eth0".into()),
-    };
-    let base = Sample {
-        thing: "pi-7".into(),
-        timestamp_ms: 1_767_225_600_000,
-        listening_tcp_ports: vec![port(21, None), port(22, Some("eth0")), port(40000, None)],
-        listening_udp_ports: vec![port(68, None), port(5353, Some("wlan0")), port(50000, None)],
-        established_connections: vec![
-            conn("10.0.0.9:443", 40112),
-            conn("[2001:db8::7]:8883", 40113),
-        ],
-        alerts: vec![Alert {
-            source: "detect/baseline".into(),
-            name: "new-port".into(),
-            severity: Severity::Medium,
-            message: "port 21 appeared".into(),
-            attributes: Default::default(),
-        }],
-        ..Sample::default()
-    };
+    let mut base = sample();
+    base.listening_udp_ports
+        .extend([port(5353, Some("wlan0")), port(50000, None)]);
     let mut quiet = base.clone();
     quiet.listening_tcp_ports = vec![port(22, Some("eth0"))];
     quiet.listening_udp_ports.clear();
@@ -250,13 +231,6 @@ fn samples() -> Vec<Sample> {
     let mut busy = base.clone();
     busy.listening_tcp_ports = (1..=300).map(|p| port(p * 7, None)).collect();
     vec![base, quiet, busy, Sample::default()]
-}
-
-fn passed(p: Processed) -> Sample {
-    match p {
-        Processed::Pass(s) => s,
-        other => panic!("expected the sample to pass, got {other:?}"),
-    }
 }
 
 #[test]

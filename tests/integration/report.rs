@@ -665,7 +665,7 @@ fn each_validation_rule_has_an_exact_message() {
 fn thing_names_follow_device_defender_rules() {
     let ok = ["edge-01", "a", "ünïcode-thing", &"x".repeat(128)];
     for name in ok {
-        assert_eq!(report::validate_thing_name(name), Ok(()), "{name}");
+        assert_eq!(report::validate::thing_name(name), Ok(()), "{name}");
     }
     let long = "é".repeat(65); // 130 bytes in 65 characters
     let cases = [
@@ -692,7 +692,7 @@ fn thing_names_follow_device_defender_rules() {
     ];
     for (name, expected) in cases {
         assert_eq!(
-            report::validate_thing_name(name).unwrap_err().to_string(),
+            report::validate::thing_name(name).unwrap_err().to_string(),
             expected
         );
     }

@@ -343,6 +343,59 @@ async fn kill_9_with_reports_waiting_loses_none() {
 /// with matching counts. A delivery stream that does not exist is a clear
 /// error at start and Device Defender reports still go out.
 #[cfg(feature = "firehose")]
+/// SD wear: with a sample every second, `status.json` is written once
+/// (the first tick), not every tick, until `stateWriteSeconds` pass; the
+/// shutdown writes it with everything counted.
+#[test]
+fn the_status_file_is_written_once_a_minute_and_at_shutdown_not_every_tick() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ndjson = dir.path().join("reports.ndjson");
+    let state = dir.path().join("state");
+    let config = json!({
+        "thingName": "edge-wear",
+        "stateDir": state,
+        "stateWriteSeconds": 60,
+        "output": {"ndjson": ndjson},
+        "report": {"intervalSeconds": 1},
+        "publish": {"transport": "none", "deviceDefender": {"minIntervalSeconds": 1}}
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    let mut run = Running::start(
+        &["--config", config_path.to_str().expect("utf-8 path")],
+        &[],
+        dir.path().join("run.log"),
+    );
+    let status_file = state.join("status.json");
+    let mut inodes = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&ndjson)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 4
+    {
+        assert!(Instant::now() < until, "no four ticks: {}", run.log());
+        if let Ok(meta) = std::fs::metadata(&status_file) {
+            inodes.insert(meta.ino());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        inodes.len(),
+        1,
+        "status.json written once in four ticks: {inodes:?}"
+    );
+    run.signal(libc::SIGTERM);
+    assert!(run.wait().success(), "{}", run.log());
+    let last = std::fs::metadata(&status_file).expect("status.json").ino();
+    assert!(!inodes.contains(&last), "the shutdown wrote it");
+    let status: Value =
+        serde_json::from_str(&std::fs::read_to_string(&status_file).expect("read")).expect("JSON");
+    assert!(status.to_string().contains("collect.samples"), "{status}");
+}
+
 #[test]
 fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
     use crate::firehose::Moto;
@@ -429,7 +482,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
             "thingName": "edge-e2e",
             "stateDir": state.path(),
             "output": {"ndjson": null},
-            "detection": {"intervalSeconds": "1", "profiles": [{
+            "detection": {"intervalSeconds": "1", "perSample": ["NoRogueListener"], "profiles": [{
                 "securityProfileName": "NoRogueListener",
                 "behaviors": [{
                     "name": "RoguePortClosed",
@@ -500,13 +553,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
 #[test]
 fn run_loads_a_plugin_with_a_directory_grant() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir(&plugins).expect("plugins dir");
-    std::fs::copy(
-        crate::plugins::wasm("system-metrics"),
-        plugins.join("system-metrics.wasm"),
-    )
-    .expect("copy plugin");
+    let plugins = crate::plugins::plugin_folder(dir.path(), &["system-metrics"]);
     let config = json!({
         "stateDir": dir.path().join("state"),
         "plugins": {"dir": plugins, "settings": {"system-metrics": {
@@ -528,4 +575,109 @@ fn run_loads_a_plugin_with_a_directory_grant() {
         report["custom_metrics"]["memory_used_percent"].is_array(),
         "the plugin's metric is in the report: {report}"
     );
+}
+
+/// `detection.alarmFormat: device-defender`: the alarm and the clear of a
+/// rogue listener reach the IoT alarm topic on a real mosquitto in the shape
+/// of Device Defender's `ViolationEvent`, checked field by field (IoT API
+/// reference, ViolationEvent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
+    let pki = Pki::new();
+    let broker = Broker::start(&pki, false);
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let criteria = json!({"comparisonOperator": "not-in-port-set", "value": {"ports": [port]},
+        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1});
+    let config = json!({
+        "thingName": "edge-dd",
+        "stateDir": dir.path().join("state"),
+        "output": {"ndjson": null},
+        "detection": {"intervalSeconds": 1, "perSample": ["*"], "alarmFormat": "device-defender",
+            "profiles": [{"securityProfileName": "NoRogueListener", "behaviors": [
+                {"name": "RoguePortClosed", "metric": "aws:listening-tcp-ports", "criteria": criteria}]}]},
+        "publish": {
+            "transport": "mqtt",
+            "mqtt": serde_json::to_value(pki.mqtt(broker.port, "device", "ca")).expect("mqtt")
+        }
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    let mut observer = Observer::start(&pki, broker.port, "defender-edge/edge-dd/alarms").await;
+    let mut run = Running::start(
+        &["--config", config_path.to_str().expect("utf-8 path")],
+        &[],
+        dir.path().join("run.log"),
+    );
+    run.wait_for("the pipeline", Duration::from_secs(20), |log| {
+        log.contains("defender-edge running")
+    });
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    let check = |payload: &[u8], kind: &str| -> Value {
+        let event: Value = serde_json::from_slice(payload).expect("JSON violation event");
+        let keys: Vec<&str> = event
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "behavior",
+                "metricValue",
+                "securityProfileName",
+                "thingName",
+                "violationEventTime",
+                "violationEventType",
+                "violationId"
+            ],
+            "{event}"
+        );
+        assert_eq!(event["thingName"], "edge-dd");
+        assert_eq!(event["securityProfileName"], "NoRogueListener");
+        assert_eq!(
+            event["behavior"],
+            json!({"name": "RoguePortClosed", "metric": "aws:listening-tcp-ports",
+                   "criteria": criteria, "suppressAlerts": false})
+        );
+        assert_eq!(event["violationEventType"], kind);
+        let id = event["violationId"].as_str().expect("violationId");
+        assert!(
+            (1..=128).contains(&id.len())
+                && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "violationId {id} breaks the API's pattern"
+        );
+        // Epoch seconds, a number, as the API's JSON gives timestamps.
+        let time = event["violationEventTime"]
+            .as_u64()
+            .expect("violationEventTime in seconds");
+        assert!(time >= before && time < before + 120, "time {time}");
+        let ports = event["metricValue"]["ports"].as_array().expect("ports");
+        assert_eq!(
+            ports.contains(&json!(port)),
+            kind == "in-alarm",
+            "metricValue {}",
+            event["metricValue"]
+        );
+        event
+    };
+    let (topic, payload, _) = observer.expect_next("the in-alarm event").await;
+    assert_eq!(topic, "defender-edge/edge-dd/alarms");
+    let alarm = check(&payload, "in-alarm");
+
+    drop(listener);
+    let (_, payload, _) = observer.expect_next("the alarm-cleared event").await;
+    let clear = check(&payload, "alarm-cleared");
+    assert_eq!(clear["violationId"], alarm["violationId"]);
+
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
 }

@@ -300,6 +300,13 @@ class Nucleus:
             return {"subscribers": self.deliver(cmd["topic"], payload)}
         if c == "config_update":
             return {"subscribers": self.config_update(cmd["key_path"], cmd.get("value"), "value" in cmd)}
+        if c == "config_burst":
+            # A deployment that changes `count` keys under key_path: one event
+            # per key, all written before anything is read.
+            n = 0
+            for i in range(cmd["count"]):
+                n += self.config_update(cmd["key_path"] + ["k%d" % i])
+            return {"events": n}
         if c == "fail":
             self.fail.setdefault(cmd["operation"], []).extend(
                 [(cmd.get("error", "ServiceError"), cmd.get("message", "injected failure"))] * cmd.get("count", 1)

@@ -73,10 +73,10 @@ pub struct CollectConfig {
     /// Root of the proc file system to read.
     pub proc_root: std::path::PathBuf,
     /// Count loopback (`lo`) traffic in network_stats.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub include_loopback_traffic: bool,
     /// Name the process behind every listed socket ([`Collected::owners`]).
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub attribution: bool,
     /// Where the socket tables are read from.
     pub source: SocketSource,
@@ -420,6 +420,38 @@ fn greengrass_roots() -> Vec<PathBuf> {
         roots.push(root.to_owned());
     }
     roots
+}
+
+/// A proc root of which no network file can be read: a typo (a missing
+/// folder, a plain file, an empty folder) would otherwise give a clean report
+/// of a device that listens on nothing.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "proc root {root} (collect.procRoot or --proc-root) is not a proc tree: none of net/tcp, net/tcp6, net/udp, net/udp6, net/dev can be read ({first})"
+)]
+pub struct ProcRootError {
+    pub root: String,
+    /// The first file's error, e.g. `…/net/tcp: No such file or directory`.
+    pub first: String,
+}
+
+/// Checks that at least one of the network files under `root` can be read;
+/// a partial tree passes (what is missing is warned per sample).
+pub fn check_proc_root(root: &Path) -> Result<(), ProcRootError> {
+    let mut first = None;
+    for file in ["net/tcp", "net/tcp6", "net/udp", "net/udp6", "net/dev"] {
+        let path = root.join(file);
+        match std::fs::File::open(&path) {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                first.get_or_insert_with(|| format!("{}: {error}", path.display()));
+            }
+        }
+    }
+    Err(ProcRootError {
+        root: root.display().to_string(),
+        first: first.unwrap_or_default(),
+    })
 }
 
 impl Collector {

@@ -39,10 +39,10 @@ use alarm::{AlarmMachine, Transition};
 use criteria::{AddressItem, Check, Threshold};
 use metric::{Metric, Shape};
 use profile::{Behavior, LoadedProfile};
-use statistics::{History, SavedHistory, TrafficWindow};
+use statistics::{History, PeriodSums, SavedHistory, TrafficWindow};
 
-pub use event::{AlarmEvent, AlarmState};
-pub use profile::ProfileError;
+pub use event::{AlarmEvent, AlarmFormat, AlarmState, SUPPRESS_ALERTS_ATTRIBUTE};
+pub use profile::{ProfileError, SkipKind};
 
 /// The default `alarmTopic`.
 pub const DEFAULT_ALARM_TOPIC: &str = "defender-edge/{thing}/alarms";
@@ -57,31 +57,37 @@ pub const STATE_FILE: &str = "detect-state.json";
 pub struct DetectionConfig {
     /// `None`: on when a profile is given. `Some(false)` turns detection off
     /// while keeping the profiles in the configuration.
-    #[serde(deserialize_with = "crate::config::lenient::opt_bool")]
+    #[serde(deserialize_with = "crate::lenient::opt_bool")]
     pub enabled: Option<bool>,
     /// Seconds between detection samples.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub interval_seconds: u64,
     /// Security profile files (the `--cli-input-json` document).
     pub profile_paths: Vec<PathBuf>,
     /// Security profiles inline (objects, or strings holding the JSON).
     pub profiles: Vec<Value>,
     /// Datapoints (periods) kept per statistical behavior.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub statistics_window: usize,
     /// No statistical datapoint is judged before the baseline has this many.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub statistics_min_datapoints: usize,
     /// Seconds between writes of the statistics file.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub state_save_seconds: u64,
     /// MQTT/IoT topic for alarm events; `{thing}` is replaced by the thing.
     pub alarm_topic: String,
+    /// The shape of the events on `alarm_topic`.
+    pub alarm_format: AlarmFormat,
     /// Greengrass local publish/subscribe topic for alarm events.
     pub local_topic: String,
     /// Also send alarm events to the Firehose (SIEM) sink.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub send_to_firehose: bool,
+    /// Behaviors judged on every detection sample rather than once per
+    /// report period: `Profile`, `Profile/Behavior`, or `*` for all. An
+    /// opt-in: their consecutive datapoints count samples, not reports.
+    pub per_sample: Vec<String>,
 }
 
 impl Default for DetectionConfig {
@@ -95,8 +101,10 @@ impl Default for DetectionConfig {
             statistics_min_datapoints: 36,
             state_save_seconds: 300,
             alarm_topic: DEFAULT_ALARM_TOPIC.to_owned(),
+            alarm_format: AlarmFormat::DefenderEdge,
             local_topic: DEFAULT_LOCAL_TOPIC.to_owned(),
             send_to_firehose: true,
+            per_sample: Vec::new(),
         }
     }
 }
@@ -147,6 +155,14 @@ impl DetectionConfig {
         }
         check_topic("detection.alarmTopic", &self.alarm_topic)?;
         check_topic("detection.localTopic", &self.local_topic)?;
+        for (i, entry) in self.per_sample.iter().enumerate() {
+            let parts: Vec<&str> = entry.split('/').collect();
+            if entry != "*" && (parts.len() > 2 || parts.iter().any(|p| p.is_empty())) {
+                return Err(format!(
+                    "detection.perSample[{i}]: `{entry}` is not `*`, `Profile` or `Profile/Behavior`"
+                ));
+            }
+        }
         for (i, value) in self.profiles.iter().enumerate() {
             profile::compile(value.clone(), &format!("detection.profiles[{i}]"))
                 .map_err(|e| e.to_string())?;
@@ -197,6 +213,10 @@ pub enum DetectError {
         first: String,
         second: String,
     },
+    #[error(
+        "detection.perSample: `{0}` names no loaded profile or behavior (write `Profile` or `Profile/Behavior`)"
+    )]
+    UnknownPerSample(String),
     #[error("cannot save detection state to {path}: {source}")]
     Save {
         path: PathBuf,
@@ -204,17 +224,71 @@ pub enum DetectError {
     },
 }
 
+/// What detection judges and what it cannot: read by `status` (as the
+/// `detect.state` text) and by the agent's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Coverage {
+    /// Detection is configured and on.
+    pub enabled: bool,
+    pub profiles: usize,
+    /// Behaviors judged on the device.
+    pub judged: usize,
+    /// Behaviors loaded but not judged, by reason.
+    pub skipped: BTreeMap<SkipKind, usize>,
+}
+
+impl Coverage {
+    /// Every behavior loaded, judged or not.
+    pub fn total(&self) -> usize {
+        self.judged + self.skipped.values().sum::<usize>()
+    }
+
+    /// E.g. `running: 5 of 8 behaviors; 3 cloud-side skipped`.
+    pub fn state_text(&self) -> String {
+        if !self.enabled {
+            return "off".to_owned();
+        }
+        let skipped: Vec<String> = self
+            .skipped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(kind, n)| format!("{n} {}", kind.as_str()))
+            .collect();
+        let skipped = match skipped.is_empty() {
+            true => String::new(),
+            false => format!("; {} skipped", skipped.join(", ")),
+        };
+        match self.judged {
+            0 => format!("idle: no behavior can be judged on the device{skipped}"),
+            judged => format!("running: {judged} of {} behaviors{skipped}", self.total()),
+        }
+    }
+}
+
 /// A behavior with its running state.
 #[derive(Debug)]
 struct Judged {
     behavior: Behavior,
     alarm: AlarmMachine,
-    /// Traffic metrics: the deltas of the last `durationSeconds`.
+    /// Judged on every sample (`perSample`) rather than once per report
+    /// period.
+    per_sample: bool,
+    /// Traffic metrics judged per sample: the deltas of the last
+    /// `durationSeconds`.
     window: Option<TrafficWindow>,
+    /// Traffic metrics judged per report period: the period sums.
+    periods: Option<PeriodSums>,
+    /// How many report periods a traffic datapoint sums: `durationSeconds`
+    /// in whole periods, rounded up.
+    periods_per_datapoint: usize,
     /// Statistical behaviors: the baseline.
     history: Option<History>,
     /// A custom metric of the wrong type was reported; warned once.
     warned_type: bool,
+    /// When the metric last arrived (custom metrics, traffic deltas), or
+    /// when this process first looked: an open alarm whose metric stays
+    /// away for `durationSeconds` is invalidated.
+    last_seen_ms: Option<u64>,
 }
 
 /// What the state file holds.
@@ -231,6 +305,12 @@ struct SavedState {
 #[serde(rename_all = "camelCase")]
 struct SavedBehavior {
     metric: String,
+    /// The criteria as written, to tell a changed behavior from the same
+    /// one (absent in files written before invalidation existed).
+    #[serde(default)]
+    criteria: Option<Value>,
+    #[serde(default)]
+    suppress_alerts: bool,
     #[serde(default)]
     history: Option<SavedHistory>,
     #[serde(default)]
@@ -243,7 +323,10 @@ const STATE_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Detector {
     active: bool,
+    coverage: Coverage,
     interval: Duration,
+    /// One datapoint, for behaviors judged per report period.
+    report_period: Duration,
     behaviors: Vec<Judged>,
     min_datapoints: usize,
     state_path: PathBuf,
@@ -253,19 +336,28 @@ pub struct Detector {
     changed: bool,
     /// Time of the previous device evaluation: the span of a traffic delta.
     last_device_ms: Option<u64>,
+    /// Invalidations found when the state was restored (a behavior with an
+    /// open alarm removed or changed), sent with the first evaluation, which
+    /// knows the thing.
+    pending: Vec<AlarmEvent>,
     status: Status,
 }
 
 impl Detector {
     /// Loads profiles (files + inline), restores statistics from `state_dir`.
+    /// `report_period` is `report.intervalSeconds`: one datapoint of a
+    /// behavior that is not judged per sample.
     pub fn new(
         config: &DetectionConfig,
         state_dir: &Path,
         status: &Status,
+        report_period: Duration,
     ) -> Result<Detector, DetectError> {
         let mut detector = Detector {
             active: false,
+            coverage: Coverage::default(),
             interval: Duration::from_secs(config.interval_seconds.max(1)),
+            report_period: report_period.max(Duration::from_secs(1)),
             behaviors: Vec::new(),
             min_datapoints: config.statistics_min_datapoints.max(1),
             state_path: state_dir.join(STATE_FILE),
@@ -273,6 +365,7 @@ impl Detector {
             last_save_ms: None,
             changed: false,
             last_device_ms: None,
+            pending: Vec::new(),
             status: status.clone(),
         };
         if !config.is_enabled() {
@@ -296,6 +389,7 @@ impl Detector {
 
         let mut seen: BTreeMap<String, String> = BTreeMap::new();
         let mut skipped = 0u64;
+        let mut skipped_by_kind: BTreeMap<SkipKind, usize> = BTreeMap::new();
         for (origin, loaded) in profiles {
             if let Some(first) = seen.insert(loaded.name.clone(), origin.clone()) {
                 return Err(DetectError::DuplicateProfile {
@@ -313,23 +407,42 @@ impl Detector {
                     "behavior cannot be judged on the device; skipped"
                 );
                 skipped += 1;
+                *skipped_by_kind.entry(s.kind).or_default() += 1;
             }
             for behavior in loaded.behaviors {
-                detector.behaviors.push(Judged::new(behavior, config));
+                let per_sample = config.per_sample.iter().any(|entry| {
+                    entry == "*" || *entry == behavior.profile || *entry == behavior.key()
+                });
+                detector.behaviors.push(Judged::new(
+                    behavior,
+                    config,
+                    per_sample,
+                    detector.report_period,
+                ));
+            }
+        }
+        for entry in &config.per_sample {
+            let known = entry == "*"
+                || seen.contains_key(entry)
+                || detector
+                    .behaviors
+                    .iter()
+                    .any(|j| j.behavior.key() == *entry);
+            if !known {
+                return Err(DetectError::UnknownPerSample(entry.clone()));
             }
         }
         detector.active = !detector.behaviors.is_empty();
+        detector.coverage = Coverage {
+            enabled: true,
+            profiles: seen.len(),
+            judged: detector.behaviors.len(),
+            skipped: skipped_by_kind,
+        };
         status.set("detect.profiles", seen.len() as u64);
         status.set("detect.behaviors", detector.behaviors.len() as u64);
         status.set("detect.behaviors_skipped", skipped);
-        status.set_text(
-            "detect.state",
-            if detector.active {
-                "running"
-            } else {
-                "idle: no behavior can be judged on the device"
-            },
-        );
+        status.set_text("detect.state", detector.coverage.state_text());
         detector.restore();
         tracing::info!(
             profiles = seen.len(),
@@ -346,6 +459,11 @@ impl Detector {
         self.active
     }
 
+    /// What is judged and what is not.
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
     /// The detection sample interval.
     pub fn interval(&self) -> Duration {
         self.interval
@@ -355,7 +473,15 @@ impl Detector {
     ///
     /// `sample.network_stats` must be the traffic since the previous call
     /// (one detection interval), not a report's five-minute sum.
-    pub fn evaluate_device(&mut self, sample: &Sample, now_ms: u64) -> Vec<AlarmEvent> {
+    /// `period_closed`: this sample ends a report period (it makes a
+    /// report). Behaviors judged per report period give a datapoint only
+    /// then; between, their traffic is summed and their baseline fed.
+    pub fn evaluate_device(
+        &mut self,
+        sample: &Sample,
+        now_ms: u64,
+        period_closed: bool,
+    ) -> Vec<AlarmEvent> {
         // The span of this sample's traffic delta: the time since the
         // previous evaluation. Unknown for the first one after a start (the
         // delta may cover downtime), and after the clock stepped back.
@@ -365,22 +491,35 @@ impl Detector {
             .filter(|span| *span > 0);
         self.last_device_ms = Some(now_ms);
         let view = DeviceView::new(sample);
-        let mut events = Vec::new();
+        let mut events = self.take_pending(&sample.thing, now_ms);
         for index in 0..self.behaviors.len() {
             if self.behaviors[index].behavior.metric.is_custom() {
                 continue;
             }
-            let datapoint =
-                self.behaviors[index].device_datapoint(&view, span_ms, now_ms, self.min_datapoints);
+            let judged = &mut self.behaviors[index];
+            let judge_now = judged.per_sample || period_closed;
+            let arrived = judged.behavior.metric.shape() != Shape::Traffic
+                || (sample.network_stats.is_some() && span_ms.is_some());
+            let datapoint = judged
+                .device_datapoint(&view, span_ms, now_ms, period_closed, self.min_datapoints)
+                .judged_only_if(judge_now);
             self.apply(index, datapoint, sample, now_ms, &mut events);
+            self.note_arrival(index, arrived, &sample.thing, now_ms, &mut events);
         }
         self.status.add("detect.evaluations", 1);
         events
     }
 
-    /// Judges custom metrics (after plugins added them).
-    pub fn evaluate_custom(&mut self, sample: &Sample, now_ms: u64) -> Vec<AlarmEvent> {
-        let mut events = Vec::new();
+    /// Judges custom metrics (after plugins added them). `period_closed` as
+    /// for [`Detector::evaluate_device`]: a custom metric judged per report
+    /// period gives its datapoint from the sample that ends the period.
+    pub fn evaluate_custom(
+        &mut self,
+        sample: &Sample,
+        now_ms: u64,
+        period_closed: bool,
+    ) -> Vec<AlarmEvent> {
+        let mut events = self.take_pending(&sample.thing, now_ms);
         for index in 0..self.behaviors.len() {
             let value = match &self.behaviors[index].behavior.metric {
                 Metric::Custom(name) => sample.custom_metrics.get(name),
@@ -403,10 +542,13 @@ impl Detector {
                         }
                         self.status.add("detect.type_mismatches", 1);
                     }
-                    datapoint
+                    let judge_now = judged.per_sample || period_closed;
+                    datapoint.judged_only_if(judge_now)
                 }
             };
+            let arrived = value.is_some();
             self.apply(index, datapoint, sample, now_ms, &mut events);
+            self.note_arrival(index, arrived, &sample.thing, now_ms, &mut events);
         }
         events
     }
@@ -435,6 +577,8 @@ impl Detector {
                         j.behavior.key(),
                         SavedBehavior {
                             metric: j.behavior.metric_name.clone(),
+                            criteria: Some(j.behavior.criteria.clone()),
+                            suppress_alerts: j.behavior.suppress_alerts,
                             history: j.history.as_ref().map(History::save),
                             alarm: j.alarm.clone(),
                         },
@@ -497,12 +641,68 @@ impl Detector {
             return;
         }
         let mut restored = 0u64;
+        let now_ms = crate::state::now_ms();
+        for (key, entry) in &saved.behaviors {
+            let Some(violation) = &entry.alarm.active else {
+                continue;
+            };
+            let current = self.behaviors.iter().find(|j| j.behavior.key() == *key);
+            let reason = match current {
+                None => "its behavior is no longer in the configured profiles",
+                Some(j) if j.behavior.metric_name != entry.metric => {
+                    "its behavior now watches another metric"
+                }
+                Some(j)
+                    if entry
+                        .criteria
+                        .as_ref()
+                        .is_some_and(|c| *c != j.behavior.criteria) =>
+                {
+                    "its behavior's criteria changed"
+                }
+                Some(_) => continue,
+            };
+            let (profile, behavior) = key.split_once('/').unwrap_or((key.as_str(), ""));
+            tracing::info!(%profile, %behavior, violation_id = %violation.violation_id, reason, "open violation invalidated");
+            self.pending.push(AlarmEvent {
+                violation_id: violation.violation_id.clone(),
+                state: AlarmState::Invalidated,
+                thing: String::new(),
+                profile: profile.to_owned(),
+                behavior: behavior.to_owned(),
+                metric: entry.metric.clone(),
+                value: Value::Null,
+                offending: None,
+                threshold: None,
+                criteria: entry.criteria.clone().unwrap_or(Value::Null),
+                violation_start_ms: violation.since_ms,
+                timestamp_ms: now_ms,
+                suppress_alerts: entry.suppress_alerts,
+            });
+            // The state file must forget the violation even if nothing else
+            // changes.
+            self.changed = true;
+        }
         for judged in &mut self.behaviors {
             let Some(entry) = saved.behaviors.get(&judged.behavior.key()) else {
                 continue;
             };
             if entry.metric != judged.behavior.metric_name {
                 // The behavior now watches another metric: its past says nothing.
+                continue;
+            }
+            if entry
+                .criteria
+                .as_ref()
+                .is_some_and(|c| *c != judged.behavior.criteria)
+            {
+                // Changed criteria: the baseline still describes the metric,
+                // but the open alarm was invalidated above.
+                if let (Some(history), Some(saved)) = (&mut judged.history, &entry.history)
+                    && history.restore(saved)
+                {
+                    restored += 1;
+                }
                 continue;
             }
             if let (Some(history), Some(saved)) = (&mut judged.history, &entry.history)
@@ -513,6 +713,64 @@ impl Detector {
             judged.alarm = entry.alarm.clone();
         }
         self.status.set("detect.baselines_restored", restored);
+    }
+
+    /// The invalidations found at restore, now that the thing is known.
+    fn take_pending(&mut self, thing: &str, now_ms: u64) -> Vec<AlarmEvent> {
+        let mut events = std::mem::take(&mut self.pending);
+        for event in &mut events {
+            event.thing = thing.to_owned();
+            event.timestamp_ms = now_ms;
+            self.status.add("detect.invalidations", 1);
+        }
+        events
+    }
+
+    /// Notes whether the behavior's metric arrived in this sample. An open
+    /// alarm whose metric stayed away for the behavior's duration
+    /// (`durationSeconds`, else 300 s) can no longer be judged: it is closed
+    /// with an invalidation, as Device Defender closes the violations of a
+    /// thing that stopped reporting.
+    fn note_arrival(
+        &mut self,
+        index: usize,
+        arrived: bool,
+        thing: &str,
+        now_ms: u64,
+        events: &mut Vec<AlarmEvent>,
+    ) {
+        let judged = &mut self.behaviors[index];
+        if arrived {
+            judged.last_seen_ms = Some(now_ms);
+            return;
+        }
+        let since = *judged.last_seen_ms.get_or_insert(now_ms);
+        if now_ms.saturating_sub(since) < judged.behavior.period_ms() {
+            return;
+        }
+        let Some(violation) = judged.alarm.active.take() else {
+            return;
+        };
+        judged.alarm = AlarmMachine::default();
+        self.changed = true;
+        let b = &judged.behavior;
+        tracing::info!(profile = %b.profile, behavior = %b.name, violation_id = %violation.violation_id, "metric stopped arriving; open violation invalidated");
+        self.status.add("detect.invalidations", 1);
+        events.push(AlarmEvent {
+            violation_id: violation.violation_id,
+            state: AlarmState::Invalidated,
+            thing: thing.to_owned(),
+            profile: b.profile.clone(),
+            behavior: b.name.clone(),
+            metric: b.metric_name.clone(),
+            value: Value::Null,
+            offending: None,
+            threshold: None,
+            criteria: b.criteria.clone(),
+            violation_start_ms: violation.since_ms,
+            timestamp_ms: now_ms,
+            suppress_alerts: b.suppress_alerts,
+        });
     }
 
     /// Runs the state machine on a datapoint and turns a transition into an
@@ -570,6 +828,7 @@ impl Detector {
             match state {
                 AlarmState::Alarm => "detect.alarms",
                 AlarmState::Clear => "detect.clears",
+                AlarmState::Invalidated => "detect.invalidations",
             },
             1,
         );
@@ -630,6 +889,20 @@ enum Datapoint<'a> {
         /// The baseline recorded a value.
         recorded: bool,
     },
+}
+
+impl<'a> Datapoint<'a> {
+    /// Between two report periods a behavior judged per period gives no
+    /// datapoint; what its baseline recorded still counts.
+    fn judged_only_if(self, judge_now: bool) -> Datapoint<'a> {
+        match self {
+            Datapoint::Judged { recorded, .. } if !judge_now => match recorded {
+                true => Datapoint::Recorded,
+                false => Datapoint::None,
+            },
+            other => other,
+        }
+    }
 }
 
 /// The value judged, kept to describe it in an event.
@@ -758,7 +1031,12 @@ fn port_numbers(ports: &[ListeningPort]) -> Vec<u16> {
 }
 
 impl Judged {
-    fn new(behavior: Behavior, config: &DetectionConfig) -> Judged {
+    fn new(
+        behavior: Behavior,
+        config: &DetectionConfig,
+        per_sample: bool,
+        report_period: Duration,
+    ) -> Judged {
         let statistical = matches!(
             behavior.check,
             Check::Compare {
@@ -766,15 +1044,25 @@ impl Judged {
                 ..
             }
         );
-        let window = (behavior.metric.shape() == Shape::Traffic).then(TrafficWindow::default);
+        let traffic = behavior.metric.shape() == Shape::Traffic;
+        let window = (traffic && per_sample).then(TrafficWindow::default);
+        let periods = (traffic && !per_sample).then(PeriodSums::default);
+        let period_ms = u64::try_from(report_period.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let periods_per_datapoint = behavior.period_ms().div_ceil(period_ms).max(1) as usize;
         let history =
             statistical.then(|| History::new(config.statistics_window, behavior.period_ms()));
         Judged {
             behavior,
             alarm: AlarmMachine::default(),
+            per_sample,
             window,
+            periods,
+            periods_per_datapoint,
             history,
             warned_type: false,
+            last_seen_ms: None,
         }
     }
 
@@ -802,6 +1090,7 @@ impl Judged {
         view: &'a DeviceView<'a>,
         span_ms: Option<u64>,
         now_ms: u64,
+        period_closed: bool,
         min_datapoints: usize,
     ) -> Datapoint<'a> {
         let metric = &self.behavior.metric;
@@ -824,7 +1113,7 @@ impl Judged {
             ),
             Metric::BytesIn | Metric::BytesOut | Metric::PacketsIn | Metric::PacketsOut => {
                 let amount = view.traffic(metric);
-                self.judge_traffic(amount, span_ms, now_ms, min_datapoints)
+                self.judge_traffic(amount, span_ms, now_ms, period_closed, min_datapoints)
             }
             Metric::Custom(_) => Datapoint::None,
         }
@@ -903,13 +1192,17 @@ impl Judged {
         }
     }
 
-    /// Traffic: the sum of the deltas of the last `durationSeconds` (300 s if
-    /// absent). Until the window is full, only a conclusive datapoint counts.
+    /// Traffic: the sum of the last `durationSeconds` (300 s if absent): per
+    /// report period, the sum of that many whole periods, judged when a
+    /// period closes; per sample, a sliding window judged every sample.
+    /// Until the sum covers the whole duration, only a conclusive datapoint
+    /// counts.
     fn judge_traffic<'a>(
         &mut self,
         amount: Option<u64>,
         span_ms: Option<u64>,
         now_ms: u64,
+        period_closed: bool,
         min_datapoints: usize,
     ) -> Datapoint<'a> {
         let Check::Compare { op, threshold } = self.behavior.check else {
@@ -922,18 +1215,26 @@ impl Judged {
             if let Some(w) = &mut self.window {
                 w.reset();
             }
+            if let Some(p) = &mut self.periods {
+                p.reset(period_closed);
+            }
             if let Some(h) = &mut self.history {
                 h.start(now_ms);
             }
             return Datapoint::None;
         };
         let resolved = self.threshold(min_datapoints);
-        let Some(window) = &mut self.window else {
-            return Datapoint::None;
+        let judged = match (&mut self.window, &mut self.periods) {
+            (Some(window), _) => {
+                window.push(now_ms, span, amount, window_ms);
+                Some((window.total(), window.is_full(window_ms)))
+            }
+            (None, Some(periods)) => {
+                periods.add(amount);
+                period_closed.then(|| periods.close(self.periods_per_datapoint))
+            }
+            (None, None) => return Datapoint::None,
         };
-        window.push(now_ms, span, amount, window_ms);
-        let total = window.total();
-        let full = window.is_full(window_ms);
         let recorded = self
             .history
             .as_mut()
@@ -942,6 +1243,9 @@ impl Judged {
             Datapoint::Recorded
         } else {
             Datapoint::None
+        };
+        let Some((total, full)) = judged else {
+            return none;
         };
         let Some(limit) = resolved else {
             return none;
@@ -961,5 +1265,7 @@ impl Judged {
     }
 }
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

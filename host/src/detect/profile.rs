@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::criteria::{Check, Cidr, NumOp, STATISTICS, SetOp, Threshold};
@@ -20,6 +20,9 @@ use super::metric::{self, Classified, Metric, Shape};
 /// The statistics period when a statistical behavior has no
 /// `durationSeconds`: one Device Defender report interval.
 pub(crate) const DEFAULT_PERIOD_SECONDS: u64 = 300;
+
+/// The `durationSeconds` Device Defender accepts for device-side metrics.
+pub(crate) const DEVICE_DURATIONS: [u64; 5] = [300, 600, 900, 1800, 3600];
 
 /// A profile that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,9 +90,35 @@ impl Behavior {
 /// A behavior loaded but not judged on the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SkippedBehavior {
+    pub kind: SkipKind,
     pub behavior: String,
     pub metric: String,
     pub reason: String,
+}
+
+/// Why a behavior is not judged on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SkipKind {
+    /// A metric only AWS IoT measures.
+    CloudSide,
+    /// `mlDetectionConfig`: the model lives in the cloud.
+    MlDetect,
+    /// `metricDimension`: resolved in the cloud.
+    Dimension,
+    /// No criteria: the behavior only retains a metric.
+    RetainOnly,
+}
+
+impl SkipKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipKind::CloudSide => "cloud-side",
+            SkipKind::MlDetect => "ML Detect",
+            SkipKind::Dimension => "metric-dimension",
+            SkipKind::RetainOnly => "retain-only",
+        }
+    }
 }
 
 /// A loaded profile.
@@ -422,8 +451,9 @@ fn compile_behavior(
         .clone()
         .ok_or_else(|| field_error("metric", "is required"))?;
     let classified = metric::classify(&metric_name).map_err(|m| field_error("metric", m))?;
-    let skip = |reason: &str| {
+    let skip = |kind: SkipKind, reason: &str| {
         Ok(Compiled::Skipped(SkippedBehavior {
+            kind,
             behavior: b.name.clone(),
             metric: metric_name.clone(),
             reason: reason.to_owned(),
@@ -447,7 +477,10 @@ fn compile_behavior(
         }
     }
     let Some(criteria) = &b.criteria else {
-        return skip("no criteria: the behavior only retains the metric in the cloud");
+        return skip(
+            SkipKind::RetainOnly,
+            "no criteria: the behavior only retains the metric in the cloud",
+        );
     };
     if let Some(ml) = &criteria.ml_detection_config
         && !matches!(ml.confidence_level.as_str(), "LOW" | "MEDIUM" | "HIGH")
@@ -477,15 +510,35 @@ fn compile_behavior(
     };
     let metric = match classified {
         Classified::CloudSide => {
-            return skip("cloud-side metric: only AWS IoT measures it");
+            return skip(
+                SkipKind::CloudSide,
+                "cloud-side metric: only AWS IoT measures it",
+            );
         }
         Classified::Device(metric) => metric,
     };
     if criteria.ml_detection_config.is_some() {
-        return skip("ML Detect behavior: its model is trained and kept in the cloud");
+        return skip(
+            SkipKind::MlDetect,
+            "ML Detect behavior: its model is trained and kept in the cloud",
+        );
     }
     if b.metric_dimension.is_some() {
-        return skip("metric dimension: dimensions are defined and resolved in the cloud");
+        return skip(
+            SkipKind::Dimension,
+            "metric dimension: dimensions are defined and resolved in the cloud",
+        );
+    }
+    if let Some(d) = duration_seconds
+        && !metric.is_custom()
+        && !DEVICE_DURATIONS.contains(&d)
+    {
+        return Err(field_error(
+            "criteria.durationSeconds",
+            format!(
+                "{d} is not one Device Defender accepts for the device-side metric `{metric_name}` (300, 600, 900, 1800 or 3600)"
+            ),
+        ));
     }
 
     let operator = criteria.comparison_operator.as_deref().ok_or_else(|| {
@@ -503,9 +556,13 @@ fn compile_behavior(
             })?;
             let statistic = STATISTICS.iter().find(|s| s.name == name).ok_or_else(|| {
                 let all: Vec<&str> = STATISTICS.iter().map(|s| s.name).collect();
+                let why = match name {
+                    "Average" => " (CloudFormation lists `Average`, but the IoT API refuses it: use a percentile such as p50)",
+                    _ => "",
+                };
                 field_error(
                     "criteria.statisticalThreshold.statistic",
-                    format!("`{name}` is not one of {}", all.join(", ")),
+                    format!("`{name}` is not one of {}{why}", all.join(", ")),
                 )
             })?;
             Some(*statistic)

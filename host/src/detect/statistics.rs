@@ -58,6 +58,53 @@ impl TrafficWindow {
     }
 }
 
+/// Traffic summed per report period, for behaviors judged once per period
+/// (the default): the datapoint is the sum of the last `periods` whole
+/// periods, as Device Defender sums the reports of `durationSeconds`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeriodSums {
+    /// Closed periods, newest last: (sum, whether the period was measured
+    /// whole, with no counter reset or unknown span in it).
+    closed: VecDeque<(u64, bool)>,
+    open: u64,
+    /// False until a period starts with a known delta.
+    open_whole: bool,
+}
+
+impl PeriodSums {
+    /// Adds a sample's delta to the open period.
+    pub(crate) fn add(&mut self, amount: u64) {
+        self.open = self.open.saturating_add(amount);
+    }
+
+    /// Forgets everything: a counter reset, a gap, the clock stepping back.
+    /// The open period is whole only if it starts now (`at_boundary`: the
+    /// sample that reset the sums also ended a period).
+    pub(crate) fn reset(&mut self, at_boundary: bool) {
+        self.closed.clear();
+        self.open = 0;
+        self.open_whole = at_boundary;
+    }
+
+    /// Closes the open period and returns the sum of the last `periods`
+    /// closed periods and whether they were all measured whole.
+    pub(crate) fn close(&mut self, periods: usize) -> (u64, bool) {
+        let periods = periods.max(1);
+        self.closed.push_back((self.open, self.open_whole));
+        self.open = 0;
+        self.open_whole = true;
+        while self.closed.len() > periods {
+            self.closed.pop_front();
+        }
+        let total = self
+            .closed
+            .iter()
+            .fold(0u64, |sum, (amount, _)| sum.saturating_add(*amount));
+        let whole = self.closed.len() == periods && self.closed.iter().all(|(_, whole)| *whole);
+        (total, whole)
+    }
+}
+
 /// One value per period, oldest first, at most `capacity` of them.
 #[derive(Debug, Clone)]
 pub(crate) struct History {

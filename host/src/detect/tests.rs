@@ -22,12 +22,15 @@ fn config(profiles: Vec<Value>) -> DetectionConfig {
     DetectionConfig {
         profiles,
         statistics_min_datapoints: 3,
+        // These tables test the judgement of each datapoint; the report
+        // period is the subject of the conformance scenarios.
+        per_sample: vec!["*".to_owned()],
         ..DetectionConfig::default()
     }
 }
 
 fn detector_in(dir: &Path, config: &DetectionConfig) -> Detector {
-    Detector::new(config, dir, &Status::new()).expect("detector")
+    Detector::new(config, dir, &Status::new(), Duration::from_secs(300)).expect("detector")
 }
 
 fn ports(numbers: &[u16]) -> Vec<ListeningPort> {
@@ -90,8 +93,8 @@ fn violates(metric: &str, criteria: Value, s: &Sample) -> bool {
     assert!(d.is_active(), "{metric} should be judged locally");
     let mut events = Vec::new();
     for now in [1_000, 1_000 + PERIOD_MS] {
-        events.extend(d.evaluate_device(s, now));
-        events.extend(d.evaluate_custom(s, now));
+        events.extend(d.evaluate_device(s, now, true));
+        events.extend(d.evaluate_custom(s, now, true));
     }
     alarms(&events) > 0
 }
@@ -569,6 +572,38 @@ fn malformed_profiles_name_profile_behavior_and_field() {
             &["`T`", "criteria.durationSeconds", "-5"],
         ),
         (
+            "a duration Device Defender refuses for traffic",
+            one_behavior(
+                json!({"name": "T", "metric": "aws:all-bytes-out", "criteria": {"comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": 120}}),
+            ),
+            &[
+                "`T`",
+                "criteria.durationSeconds",
+                "120",
+                "aws:all-bytes-out",
+                "300, 600, 900, 1800 or 3600",
+            ],
+        ),
+        (
+            "a duration Device Defender refuses for a count",
+            one_behavior(
+                json!({"name": "C", "metric": "aws:num-established-tcp-connections", "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "p90"}, "durationSeconds": 3000}}),
+            ),
+            &["`C`", "criteria.durationSeconds", "3000"],
+        ),
+        (
+            "Average, listed by CloudFormation, refused by the API",
+            one_behavior(
+                json!({"name": "A", "metric": "aws:all-packets-in", "criteria": {"comparisonOperator": "less-than", "statisticalThreshold": {"statistic": "Average"}, "durationSeconds": 300}}),
+            ),
+            &[
+                "`A`",
+                "criteria.statisticalThreshold.statistic",
+                "`Average`",
+                "IoT API refuses it",
+            ],
+        ),
+        (
             "duration on a list",
             with(&crit("durationSeconds", json!(300))),
             &["`Ports`", "criteria.durationSeconds", "list metric"],
@@ -802,16 +837,49 @@ fn cloud_side_ml_and_dimension_behaviors_are_counted_and_skipped() {
     ]});
     let dir = tempfile::tempdir().expect("temp dir");
     let status = Status::new();
-    let d = Detector::new(&config(vec![profile]), dir.path(), &status).expect("loads");
+    let d = Detector::new(
+        &config(vec![profile]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("loads");
     assert!(d.is_active());
     assert_eq!(status.number("detect.behaviors"), 1);
     assert_eq!(status.number("detect.behaviors_skipped"), 4);
+    // The coverage says what is judged and what is not, as a value and as
+    // the state text `status` shows.
+    let coverage = d.coverage();
+    assert_eq!(
+        (coverage.judged, coverage.total(), coverage.profiles),
+        (1, 5, 1)
+    );
+    assert_eq!(
+        coverage.skipped,
+        BTreeMap::from([
+            (SkipKind::CloudSide, 2),
+            (SkipKind::MlDetect, 1),
+            (SkipKind::RetainOnly, 1)
+        ])
+    );
+    let text = "running: 1 of 5 behaviors; 2 cloud-side, 1 ML Detect, 1 retain-only skipped";
+    assert_eq!(coverage.state_text(), text);
+    assert_eq!(
+        status.get("detect.state"),
+        Some(crate::status::Value::Text(text.to_owned()))
+    );
 
     // A profile with nothing the device can judge loads, but is idle.
     let only_cloud = json!({"securityProfileName": "Cloud", "behaviors": [
         {"name": "Auth", "metric": "aws:num-authorization-failures", "criteria": {"comparisonOperator": "less-than", "value": {"count": 5}}}
     ]});
-    let d = Detector::new(&config(vec![only_cloud]), dir.path(), &status).expect("loads");
+    let d = Detector::new(
+        &config(vec![only_cloud]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("loads");
     assert!(!d.is_active());
 }
 
@@ -836,10 +904,11 @@ fn consecutive_datapoints_drive_alarm_and_clear_with_a_stable_id() {
     let mut trace = String::new();
     let mut events = Vec::new();
     for (i, s) in sequence.iter().enumerate() {
-        let e = d.evaluate_device(s, 10_000 * (i as u64 + 1));
+        let e = d.evaluate_device(s, 10_000 * (i as u64 + 1), true);
         trace.push(match e.first().map(|e| e.state) {
             Some(AlarmState::Alarm) => 'A',
             Some(AlarmState::Clear) => 'C',
+            Some(AlarmState::Invalidated) => 'I',
             None => '.',
         });
         events.extend(e);
@@ -865,7 +934,7 @@ fn consecutive_datapoints_drive_alarm_and_clear_with_a_stable_id() {
     // The next alarm is a new violation.
     let mut again = Vec::new();
     for i in 0..2 {
-        again.extend(d.evaluate_device(&bad, 200_000 + i * 10_000));
+        again.extend(d.evaluate_device(&bad, 200_000 + i * 10_000, true));
     }
     assert_eq!(alarms(&again), 1);
     assert_ne!(again[0].violation_id, alarm.violation_id);
@@ -883,12 +952,15 @@ fn alarm_events_become_alerts_and_json() {
             ..sample()
         },
         5_000,
+        true,
     );
     let event = &events[0];
     let alert = event.to_alert();
     assert_eq!(alert.source, "detect/P");
     assert_eq!(alert.name, "Ports");
-    assert_eq!(alert.severity, crate::sample::Severity::High);
+    // suppressAlerts: visible, not paging-grade.
+    assert_eq!(alert.severity, crate::sample::Severity::Low);
+    assert_eq!(alert.attributes["suppress_alerts"], "true");
     assert_eq!(alert.attributes["violation_id"], event.violation_id);
     assert_eq!(alert.attributes["offending"], r#"{"ports":[21]}"#);
     assert!(
@@ -935,7 +1007,7 @@ fn traffic_is_summed_over_duration_and_judged_early_only_when_conclusive() {
     let mut d = detector_in(dir.path(), &config(vec![profile]));
     let mut log: Vec<(u64, String, AlarmState)> = Vec::new();
     fn run(log: &mut Vec<(u64, String, AlarmState)>, d: &mut Detector, t: u64, n: u64) {
-        for e in d.evaluate_device(&bytes_out(n), t) {
+        for e in d.evaluate_device(&bytes_out(n), t, true) {
             log.push((t, e.behavior.clone(), e.state));
         }
     }
@@ -981,7 +1053,7 @@ fn traffic_is_summed_over_duration_and_judged_early_only_when_conclusive() {
     // A sample without an honest delta (counter reset) restarts the window:
     // the partial window after it is inconclusive for "at least".
     let before = log.len();
-    d.evaluate_device(&sample(), 620_000);
+    d.evaluate_device(&sample(), 620_000, true);
     run(&mut log, &mut d, 630_000, 1);
     assert_eq!(log.len(), before, "{log:?}");
 }
@@ -1009,12 +1081,12 @@ fn exfiltration_run(profile: Value, last: u64) -> Vec<AlarmEvent> {
         ..sample()
     };
     let mut events = Vec::new();
-    d.evaluate_device(&packets_out(0), 0);
+    d.evaluate_device(&packets_out(0), 0, true);
     let quiet = [109, 100, 105, 101, 108, 102, 107, 103, 106, 104];
     for (i, n) in quiet.into_iter().enumerate() {
-        events.extend(d.evaluate_device(&packets_out(n), (i as u64 + 1) * PERIOD_MS));
+        events.extend(d.evaluate_device(&packets_out(n), (i as u64 + 1) * PERIOD_MS, true));
     }
-    events.extend(d.evaluate_device(&packets_out(last), 11 * PERIOD_MS));
+    events.extend(d.evaluate_device(&packets_out(last), 11 * PERIOD_MS, true));
     events
 }
 
@@ -1068,9 +1140,9 @@ fn statistics_and_alarms_survive_a_new_detector() {
     let mut d = detector_in(dir.path(), &cfg);
     // Ten periods of 5 connections: the baseline's p90 is 5.
     for i in 0..=10 {
-        assert!(d.evaluate_device(&conns(5), i * PERIOD_MS).is_empty());
+        assert!(d.evaluate_device(&conns(5), i * PERIOD_MS, true).is_empty());
     }
-    let raised = d.evaluate_device(&conns(50), 10 * PERIOD_MS + 10_000);
+    let raised = d.evaluate_device(&conns(50), 10 * PERIOD_MS + 10_000, true);
     assert_eq!(alarms(&raised), 1);
     assert_eq!(raised[0].threshold, Some(5.0));
     d.save(10 * PERIOD_MS + 10_000, false).expect("save");
@@ -1079,22 +1151,22 @@ fn statistics_and_alarms_survive_a_new_detector() {
     // A new process: the baseline and the open alarm are still there, so
     // conforming data clears the alarm under its original id.
     let mut restarted = detector_in(dir.path(), &cfg);
-    let cleared = restarted.evaluate_device(&conns(5), 11 * PERIOD_MS);
+    let cleared = restarted.evaluate_device(&conns(5), 11 * PERIOD_MS, true);
     assert_eq!(cleared.len(), 1, "{cleared:?}");
     assert_eq!(cleared[0].state, AlarmState::Clear);
     assert_eq!(cleared[0].violation_id, raised[0].violation_id);
-    let again = restarted.evaluate_device(&conns(50), 11 * PERIOD_MS + 10_000);
+    let again = restarted.evaluate_device(&conns(50), 11 * PERIOD_MS + 10_000, true);
     assert_eq!(alarms(&again), 1, "the restored baseline judges at once");
 
     // Without the file there is no baseline yet, hence no judgement.
     let empty = tempfile::tempdir().expect("temp dir");
     let mut fresh = detector_in(empty.path(), &cfg);
-    assert!(fresh.evaluate_device(&conns(50), 0).is_empty());
+    assert!(fresh.evaluate_device(&conns(50), 0, true).is_empty());
 
     // A corrupt file costs the baseline, not the start.
     std::fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
     let mut corrupt = detector_in(dir.path(), &cfg);
-    assert!(corrupt.evaluate_device(&conns(50), 0).is_empty());
+    assert!(corrupt.evaluate_device(&conns(50), 0, true).is_empty());
 }
 
 #[test]
@@ -1103,13 +1175,18 @@ fn save_writes_only_when_due_and_changed() {
     let behavior = json!({"name": "Ports", "metric": "aws:listening-tcp-ports",
         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}});
     let status = Status::new();
-    let mut d = Detector::new(&config(vec![one_behavior(behavior)]), dir.path(), &status)
-        .expect("detector");
+    let mut d = Detector::new(
+        &config(vec![one_behavior(behavior)]),
+        dir.path(),
+        &status,
+        Duration::from_secs(300),
+    )
+    .expect("detector");
     let quiet = Sample {
         listening_tcp_ports: ports(&[22]),
         ..sample()
     };
-    d.evaluate_device(&quiet, 1_000);
+    d.evaluate_device(&quiet, 1_000, true);
     d.save(1_000, true).expect("save");
     assert_eq!(status.number("detect.state_saves"), 0, "nothing changed");
     d.evaluate_device(
@@ -1118,6 +1195,7 @@ fn save_writes_only_when_due_and_changed() {
             ..sample()
         },
         2_000,
+        true,
     );
     d.save(2_000, false).expect("save");
     assert_eq!(
@@ -1125,7 +1203,7 @@ fn save_writes_only_when_due_and_changed() {
         1,
         "first save after a change"
     );
-    d.evaluate_device(&quiet, 3_000);
+    d.evaluate_device(&quiet, 3_000, true);
     d.save(3_000, false).expect("save");
     assert_eq!(status.number("detect.state_saves"), 1, "not due yet");
     d.save(3_000, true).expect("save");
@@ -1232,6 +1310,7 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
             ..sample()
         },
         1,
+        true,
     );
     let profiles: Vec<&str> = events.iter().map(|e| e.profile.as_str()).collect();
     assert_eq!(profiles, ["P", "Q"]);
@@ -1240,16 +1319,21 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         profile_paths: vec![dir.path().join("nope.json")],
         ..DetectionConfig::default()
     };
-    let error = Detector::new(&missing, dir.path(), &Status::new())
-        .expect_err("a missing file loaded")
-        .to_string();
+    let error = Detector::new(
+        &missing,
+        dir.path(),
+        &Status::new(),
+        Duration::from_secs(300),
+    )
+    .expect_err("a missing file loaded")
+    .to_string();
     assert!(error.contains("nope.json"), "{error}");
 
     let twice = DetectionConfig {
         profile_paths: vec![file.clone(), file.clone()],
         ..DetectionConfig::default()
     };
-    let error = Detector::new(&twice, dir.path(), &Status::new())
+    let error = Detector::new(&twice, dir.path(), &Status::new(), Duration::from_secs(300))
         .expect_err("a profile given twice loaded")
         .to_string();
     assert!(error.contains("`P`") && error.contains("twice"), "{error}");
@@ -1260,8 +1344,208 @@ fn profiles_from_files_and_inline_strings_and_their_errors() {
         ..DetectionConfig::default()
     };
     assert!(
-        !Detector::new(&off, dir.path(), &Status::new())
+        !Detector::new(&off, dir.path(), &Status::new(), Duration::from_secs(300))
             .expect("off")
             .is_active()
     );
+}
+
+#[test]
+fn per_sample_names_profiles_or_behaviors_and_refuses_unknown_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let profile = json!({"securityProfileName": "P", "behaviors": [
+        {"name": "A", "metric": "aws:listening-tcp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [22]}}},
+        {"name": "B", "metric": "aws:listening-udp-ports",
+         "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [123]}}}]});
+    let with = |per_sample: &[&str]| DetectionConfig {
+        profiles: vec![profile.clone()],
+        per_sample: per_sample.iter().map(|s| s.to_string()).collect(),
+        ..DetectionConfig::default()
+    };
+    let rogue = Sample {
+        listening_tcp_ports: ports(&[22, 4444]),
+        listening_udp_ports: ports(&[123, 5353]),
+        ..sample()
+    };
+    // Between two report ends, only the behaviors named judge.
+    for (names, judged) in [
+        (&[][..], vec![]),
+        (&["P/A"][..], vec!["A"]),
+        (&["P"][..], vec!["A", "B"]),
+        (&["*"][..], vec!["A", "B"]),
+    ] {
+        let mut d = Detector::new(
+            &with(names),
+            dir.path(),
+            &Status::new(),
+            Duration::from_secs(300),
+        )
+        .expect("loads");
+        let events = d.evaluate_device(&rogue, 10_000, false);
+        let behaviors: Vec<&str> = events.iter().map(|e| e.behavior.as_str()).collect();
+        assert_eq!(behaviors, judged, "perSample {names:?}");
+        // At the end of a report period every behavior judges.
+        let mut d = Detector::new(
+            &with(names),
+            dir.path(),
+            &Status::new(),
+            Duration::from_secs(300),
+        )
+        .expect("loads");
+        assert_eq!(d.evaluate_device(&rogue, 300_000, true).len(), 2);
+    }
+    let unknown = Detector::new(
+        &with(&["P/C"]),
+        dir.path(),
+        &Status::new(),
+        Duration::from_secs(300),
+    )
+    .expect_err("an unknown behavior was accepted")
+    .to_string();
+    assert!(unknown.contains("detection.perSample: `P/C`"), "{unknown}");
+    for bad in ["", "P/", "/A", "P/A/x"] {
+        let error = with(&[bad]).check().expect_err(bad);
+        assert!(error.starts_with("detection.perSample[0]"), "{error}");
+    }
+}
+
+#[test]
+fn durations_load_as_device_defender_accepts_them() {
+    let load = |metric: &str, duration: u64| {
+        let behavior = json!({"name": "B", "metric": metric, "criteria": {
+            "comparisonOperator": "less-than", "value": {"count": 1}, "durationSeconds": duration}});
+        profile::compile(one_behavior(behavior), "test").map(|_| ())
+    };
+    for duration in profile::DEVICE_DURATIONS {
+        load("aws:all-bytes-out", duration).expect("an accepted duration");
+        load("aws:num-listening-tcp-ports", duration).expect("an accepted duration");
+    }
+    for duration in [1, 60, 299, 301, 1200, 7200] {
+        load("aws:all-packets-out", duration).expect_err("a duration AWS refuses");
+    }
+    // Custom metrics: no duration set is documented by AWS; the device takes
+    // 1..=86400 (DETECTION.md section 1).
+    load("cpu_temperature", 60).expect("a custom metric's duration");
+}
+
+/// Issue 19 item 5: a configuration update that removes or changes a
+/// behavior with an open alarm closes it with an invalidation carrying the
+/// alarm's id; an unchanged behavior keeps its alarm.
+#[test]
+fn open_alarms_of_removed_or_changed_behaviors_are_invalidated_at_start() {
+    let ports_behavior = |name: &str, allowed: u16| {
+        json!({"name": name, "metric": "aws:listening-tcp-ports",
+               "criteria": {"comparisonOperator": "in-port-set", "value": {"ports": [allowed]}}})
+    };
+    let profile =
+        |behaviors: Vec<Value>| json!({"securityProfileName": "P", "behaviors": behaviors});
+    let rogue = Sample {
+        listening_tcp_ports: ports(&[22, 4444]),
+        ..sample()
+    };
+    // Nothing listens: every version of every behavior conforms.
+    let quiet = sample();
+    // Raises alarms on Kept, Edited and Removed, saves, and returns their ids.
+    let alarmed = |dir: &Path| -> BTreeMap<String, String> {
+        let mut d = detector_in(
+            dir,
+            &config(vec![profile(vec![
+                ports_behavior("Kept", 22),
+                ports_behavior("Edited", 22),
+                ports_behavior("Removed", 22),
+            ])]),
+        );
+        let events = d.evaluate_device(&rogue, 10_000, true);
+        d.save(10_000, true).expect("save");
+        events
+            .into_iter()
+            .map(|e| (e.behavior, e.violation_id))
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ids = alarmed(dir.path());
+    assert_eq!(ids.len(), 3);
+
+    let mut updated = detector_in(
+        dir.path(),
+        &config(vec![profile(vec![
+            ports_behavior("Kept", 22),
+            ports_behavior("Edited", 8883),
+        ])]),
+    );
+    let events = updated.evaluate_device(&quiet, 20_000, true);
+    let by_behavior: BTreeMap<&str, (&AlarmState, &str)> = events
+        .iter()
+        .map(|e| (e.behavior.as_str(), (&e.state, e.violation_id.as_str())))
+        .collect();
+    assert_eq!(
+        by_behavior,
+        BTreeMap::from([
+            ("Edited", (&AlarmState::Invalidated, ids["Edited"].as_str())),
+            (
+                "Removed",
+                (&AlarmState::Invalidated, ids["Removed"].as_str())
+            ),
+            // Unchanged: still open, and it clears under its own id.
+            ("Kept", (&AlarmState::Clear, ids["Kept"].as_str())),
+        ])
+    );
+    let removed = events
+        .iter()
+        .find(|e| e.behavior == "Removed")
+        .expect("removed");
+    assert_eq!(removed.thing, "edge-01");
+    assert_eq!(removed.metric, "aws:listening-tcp-ports");
+    assert_eq!(removed.violation_start_ms, 10_000);
+    // Sent once.
+    assert!(updated.evaluate_device(&quiet, 30_000, true).is_empty());
+}
+
+/// The other invalidation: the metric stopped arriving for the behavior's
+/// duration (a plugin that no longer reports, traffic without an honest
+/// delta).
+#[test]
+fn an_open_alarm_whose_metric_stops_arriving_is_invalidated() {
+    let behavior = json!({"name": "FewLogins", "metric": "failed_logins",
+        "criteria": {"comparisonOperator": "less-than", "value": {"number": 3}, "durationSeconds": 600}});
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut d = detector_in(dir.path(), &config(vec![one_behavior(behavior)]));
+    let with = |n: f64| Sample {
+        custom_metrics: BTreeMap::from([(
+            "failed_logins".to_owned(),
+            CustomMetricValue::Number(n),
+        )]),
+        ..sample()
+    };
+    let raised = d.evaluate_custom(&with(9.0), 10_000, true);
+    assert_eq!(raised[0].state, AlarmState::Alarm);
+    // Away for less than durationSeconds: still open.
+    for t in [20_000, 300_000, 609_000] {
+        assert!(d.evaluate_custom(&sample(), t, true).is_empty(), "at {t}");
+    }
+    let gone = d.evaluate_custom(&sample(), 610_000, true);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].state, AlarmState::Invalidated);
+    assert_eq!(gone[0].violation_id, raised[0].violation_id);
+    assert!(gone[0].value.is_null());
+    // Closed: nothing more while it stays away, and a new alarm later has a
+    // new id.
+    assert!(d.evaluate_custom(&sample(), 900_000, true).is_empty());
+    let again = d.evaluate_custom(&with(9.0), 910_000, true);
+    assert_eq!(again[0].state, AlarmState::Alarm);
+    assert_ne!(again[0].violation_id, raised[0].violation_id);
+    // An alarm whose metric keeps arriving is never invalidated.
+    let mut steady = detector_in(
+        tempfile::tempdir().expect("temp dir").path(),
+        &config(vec![one_behavior(
+            json!({"name": "FewLogins", "metric": "failed_logins",
+            "criteria": {"comparisonOperator": "less-than", "value": {"number": 3}}}),
+        )]),
+    );
+    for t in 0..100 {
+        for e in steady.evaluate_custom(&with(9.0), t * 10_000, true) {
+            assert_eq!(e.state, AlarmState::Alarm, "at {t}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::config::lenient;
+use crate::lenient;
 
 /// The `plugins` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -9,9 +9,10 @@
 //! supported (device-defender.md §2, §7 #12). When several reports wait in the
 //! outbox (the broker was away, or the process restarted), only the **newest**
 //! is published. Every older one is *superseded*: counted in
-//! `defender.superseded`, logged at warn with its report id, handed to the
-//! optional [`SupersededHook`] (so the SIEM path can still keep it), and only
-//! then removed from the outbox. Nothing is dropped silently.
+//! `defender.superseded`, logged at warn with its report id, and only then
+//! removed from the outbox. Nothing is dropped silently, and nothing is lost:
+//! every sample went to the NDJSON output and, when configured, to the SIEM
+//! path when it was collected.
 //!
 //! # The publish floor
 //!
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 
 use super::outbox::{EntryId, Outbox, OutboxError};
 use super::{Message, Transport, TransportError};
+use crate::backoff::{Backoff, jitter};
 use crate::report::{Format, MIN_INTERVAL_SECONDS};
 use crate::status::Status;
 
@@ -59,15 +61,15 @@ use crate::status::Status;
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DefenderConfig {
     /// Publishes reports to Device Defender at all.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub enabled: bool,
     /// Seconds between two publishes for one thing. Device Defender's floor
     /// is 300; lower it only for tests and local brokers (warned at start).
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub min_interval_seconds: u64,
     /// How long to wait for `accepted`/`rejected` before counting a report as
     /// unanswered (`defender.timed_out`).
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub reply_timeout_seconds: u64,
 }
 
@@ -81,20 +83,8 @@ impl Default for DefenderConfig {
     }
 }
 
-/// A report that will never go to Device Defender because a newer one
-/// replaced it; handed to the [`SupersededHook`] before it leaves the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SupersededReport {
-    pub report_id: u64,
-    pub payload: Vec<u8>,
-}
-
-/// Receives superseded reports (e.g. to forward them to the SIEM path). Called
-/// on a blocking thread; it must not block for long.
-pub type SupersededHook = Arc<dyn Fn(SupersededReport) + Send + Sync>;
-
 /// What the publisher needs besides the transport and the outbox.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DefenderOptions {
     pub thing_name: String,
     /// The encoding of the submitted reports; picks the topic.
@@ -102,19 +92,6 @@ pub struct DefenderOptions {
     /// Where the last publish time is persisted.
     pub state_dir: PathBuf,
     pub config: DefenderConfig,
-    pub on_superseded: Option<SupersededHook>,
-}
-
-impl std::fmt::Debug for DefenderOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DefenderOptions")
-            .field("thing_name", &self.thing_name)
-            .field("format", &self.format)
-            .field("state_dir", &self.state_dir)
-            .field("config", &self.config)
-            .field("on_superseded", &self.on_superseded.is_some())
-            .finish()
-    }
 }
 
 /// Why the publisher could not start or take a report.
@@ -307,7 +284,7 @@ impl DefenderPublisher {
             awaiting_reply: BTreeMap::new(),
             flushes: Vec::new(),
             backoff_until: None,
-            failures: 0,
+            failures: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             floor_unsaved: false,
         };
         let task = tokio::spawn(async move {
@@ -388,7 +365,7 @@ async fn listen<T: Transport>(
     events: mpsc::Sender<Event>,
     status: Status,
 ) {
-    let mut delay = Duration::from_secs(1);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     let (mut accepted, mut rejected) = loop {
         let result = async {
             let accepted = transport.subscribe(&topics.accepted).await?;
@@ -400,9 +377,9 @@ async fn listen<T: Transport>(
             Ok(pair) => break pair,
             Err(error) => {
                 status.add("defender.subscribe_failures", 1);
-                warn!(%error, topic = %topics.accepted, retry_in_s = delay.as_secs(), "cannot subscribe to Device Defender replies; reports wait until it works");
+                let delay = backoff.next_delay();
+                warn!(%error, topic = %topics.accepted, retry_in_ms = delay.as_millis() as u64, "cannot subscribe to Device Defender replies; reports wait until it works");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
     };
@@ -439,8 +416,8 @@ struct Driver<T: Transport> {
     flushes: Vec<(Instant, oneshot::Sender<FlushOutcome>)>,
     /// After a failed attempt, not before this (on top of the floor).
     backoff_until: Option<Instant>,
-    /// Failed attempts in a row, for the backoff.
-    failures: u32,
+    /// The delay after a failed attempt; starts over on an acknowledgement.
+    failures: Backoff,
     /// The last attempt time could not be saved; logged once per change.
     floor_unsaved: bool,
 }
@@ -616,17 +593,16 @@ impl<T: Transport + 'static> Driver<T> {
         {
             return;
         }
-        let hook = self.options.on_superseded.clone();
         let status = self.status.clone();
         let picked = self
-            .with_outbox(move |outbox| pick_newest(outbox, hook.as_ref(), &status))
+            .with_outbox(move |outbox| pick_newest(outbox, &status))
             .await;
         let (entry, report_id, report) = match picked {
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(error) => {
                 warn!(%error, "cannot read the Device Defender outbox; retrying later");
-                self.backoff_until = Some(now + Duration::from_secs(5));
+                self.backoff_until = Some(now + jitter(Duration::from_secs(5)));
                 return;
             }
         };
@@ -672,7 +648,7 @@ impl<T: Transport + 'static> Driver<T> {
                     warn!(%error, report_id, "report acknowledged but not removed from the outbox; it may be sent again");
                 }
                 self.backoff_until = None;
-                self.failures = 0;
+                self.failures.reset();
                 self.status.add("defender.sent", 1);
                 self.awaiting_reply.insert(
                     report_id,
@@ -683,21 +659,12 @@ impl<T: Transport + 'static> Driver<T> {
             Err(TransportError::Refused { peer, reason }) => {
                 // The peer said no for good (e.g. the payload is too large):
                 // retrying would block every newer report behind this one.
-                // Hand it on like a superseded report, counted apart.
+                // It leaves like a superseded report, counted apart.
                 self.status.add("defender.refused", 1);
                 self.status
                     .set_text("defender.last_error", format!("{peer} refused: {reason}"));
-                warn!(%peer, %reason, report_id, "report refused by the transport; handed to the superseded hook, not retried");
-                let hook = self.options.on_superseded.clone();
-                let removed = self
-                    .with_outbox(move |o| {
-                        let (report_id, payload) = split_entry(o.read(entry)?);
-                        if let Some(hook) = hook {
-                            hook(SupersededReport { report_id, payload });
-                        }
-                        o.remove(entry)
-                    })
-                    .await;
+                warn!(%peer, %reason, report_id, "report refused by the transport; removed from the outbox, not retried");
+                let removed = self.with_outbox(move |o| o.remove(entry)).await;
                 if let Err(error) = removed {
                     warn!(%error, report_id, "refused report could not be removed from the outbox");
                 }
@@ -708,9 +675,7 @@ impl<T: Transport + 'static> Driver<T> {
                     .set_text("defender.last_error", error.to_string());
                 // The floor already spaces attempts by min_interval; this
                 // backoff matters when the floor is low (tests, local brokers).
-                self.failures = self.failures.saturating_add(1);
-                let delay = Duration::from_secs(1 << (self.failures - 1).min(6))
-                    .min(Duration::from_secs(60));
+                let delay = self.failures.next_delay();
                 self.backoff_until = Some(Instant::now() + delay);
                 warn!(
                     %error,
@@ -789,7 +754,6 @@ async fn sleep_until(wake: Option<Instant>) {
 /// so that one damaged entry never blocks the reports after it.
 fn pick_newest(
     outbox: &mut Outbox,
-    hook: Option<&SupersededHook>,
     status: &Status,
 ) -> Result<Option<(EntryId, u64, Vec<u8>)>, OutboxError> {
     let pending = outbox.pending();
@@ -807,7 +771,7 @@ fn pick_newest(
         return Ok(None);
     };
     for &entry in pending.iter().take_while(|e| **e < newest) {
-        let (report_id, payload) = match outbox.read(entry) {
+        let (report_id, _) = match outbox.read(entry) {
             Ok(bytes) => split_entry(bytes),
             Err(error) => {
                 skip_unreadable(outbox, entry, &error, status)?;
@@ -819,9 +783,6 @@ fn pick_newest(
             report_id,
             "report superseded by a newer one: Device Defender takes current data only"
         );
-        if let Some(hook) = hook {
-            hook(SupersededReport { report_id, payload });
-        }
         outbox.remove(entry)?;
     }
     let (report_id, payload) = split_entry(bytes);
@@ -1034,7 +995,7 @@ mod tests {
         }
         std::fs::write(&segment, &bytes).expect("write");
 
-        let picked = pick_newest(&mut outbox, None, &status).expect("no error");
+        let picked = pick_newest(&mut outbox, &status).expect("no error");
         let (entry, report_id, payload) = picked.expect("a report to publish");
         assert_eq!(entry, entries[2]);
         assert_eq!(report_id, 3, "the next newest report goes");

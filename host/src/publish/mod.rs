@@ -5,11 +5,13 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+#[cfg(any(feature = "firehose", feature = "securityhub"))]
+mod aws;
 pub mod defender;
 pub mod firehose;
-pub mod ipc;
 pub mod mqtt;
 pub mod outbox;
+pub mod securityhub;
 
 use std::future::Future;
 
@@ -62,7 +64,7 @@ pub struct PublishConfig {
     /// SIEM events to Splunk through Amazon Data Firehose.
     pub firehose: firehose::FirehoseConfig,
     /// Greengrass IPC client settings.
-    pub ipc: ipc::IpcConfig,
+    pub ipc: IpcConfig,
     /// Which transport carries Device Defender reports.
     pub transport: TransportKind,
     /// Direct MQTT settings (`transport: mqtt`, or `auto` outside Greengrass).
@@ -71,14 +73,23 @@ pub struct PublishConfig {
     pub outbox: outbox::OutboxLimits,
     /// The Device Defender protocol: publish floor, reply timeout.
     pub device_defender: defender::DefenderConfig,
+    /// Local detection's alarms as AWS Security Hub findings.
+    pub security_hub: securityhub::SecurityHubConfig,
 }
 
 impl PublishConfig {
     /// Checks that go beyond the shape of the section; messages name the key.
     pub fn check(&self) -> Result<(), String> {
         self.mqtt.check()?;
+        if self.ipc.max_incoming_frame_bytes < 64 * 1024 {
+            return Err(format!(
+                "key `publish.ipc.maxIncomingFrameBytes`: {} is below 65536 (the nucleus's answers would not fit)",
+                self.ipc.max_incoming_frame_bytes
+            ));
+        }
         self.outbox.check("publish.outbox")?;
         self.firehose.check()?;
+        self.security_hub.check()?;
         if self.transport == TransportKind::Mqtt && self.mqtt.endpoint.is_none() {
             return Err(
                 "key `publish.mqtt.endpoint`: required when `publish.transport` is `mqtt`"
@@ -86,6 +97,35 @@ impl PublishConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The `publish.ipc` section: settings of the Greengrass IPC client
+/// ([`crate::greengrass::ipc::IpcOptions`] is made from it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct IpcConfig {
+    /// Deadline for one IPC operation in seconds, retries included.
+    #[serde(deserialize_with = "crate::lenient::u64")]
+    pub request_timeout_seconds: u64,
+    /// Largest frame sent to the nucleus; 10000 works on both nuclei.
+    #[serde(deserialize_with = "crate::lenient::usize")]
+    pub max_frame_bytes: usize,
+    /// Largest frame accepted from the nucleus (a GetConfiguration answer
+    /// with large inline profiles); at least 64 KiB.
+    #[serde(deserialize_with = "crate::lenient::usize")]
+    pub max_incoming_frame_bytes: usize,
+}
+
+impl Default for IpcConfig {
+    /// The client's own defaults (a test in `greengrass::ipc` holds them
+    /// together): 10 s, and nucleus lite's frame limit.
+    fn default() -> Self {
+        IpcConfig {
+            request_timeout_seconds: 10,
+            max_frame_bytes: 10_000,
+            max_incoming_frame_bytes: 2 * 1024 * 1024,
+        }
     }
 }
 

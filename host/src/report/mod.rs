@@ -35,12 +35,6 @@ pub fn validate(report: &Report) -> Result<(), ValidationError> {
     validate::report(report)
 }
 
-/// Checks a thing name: 1 to 128 bytes of UTF-8, no control characters, and
-/// none of the MQTT topic characters `/`, `+`, `#`.
-pub fn validate_thing_name(name: &str) -> Result<(), ValidationError> {
-    validate::thing_name(name)
-}
-
 /// Builds, validates, encodes and, if needed, trims the report for
 /// `sample` so that it takes at most `max_bytes` in `format`.
 pub fn prepare(
@@ -61,7 +55,7 @@ pub const MIN_INTERVAL_SECONDS: u64 = 300;
 pub const DEFAULT_MAX_BYTES: usize = 128 * 1024;
 
 /// How a report is put on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// JSON with the long key names (`header`, `report_id`...).
@@ -73,6 +67,24 @@ pub enum Format {
 }
 
 impl Format {
+    /// The name in configuration files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::JsonShort => "json-short",
+            Format::Cbor => "cbor",
+        }
+    }
+
+    /// What the format is, in one line (`--help`).
+    pub fn description(self) -> &'static str {
+        match self {
+            Format::Json => "JSON with the long key names (`header`, `report_id`...)",
+            Format::JsonShort => "JSON with the short key names (`hed`, `rid`...)",
+            Format::Cbor => "CBOR with the short key names; published to the `/cbor` topic",
+        }
+    }
+
     /// A name for messages.
     pub fn label(self) -> &'static str {
         match self {
@@ -97,12 +109,12 @@ impl Format {
 pub struct ReportConfig {
     pub format: Format,
     /// The encoded report's size budget in bytes; over it, entries are trimmed.
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub max_bytes: usize,
     /// Seconds between reports; at least 300 (or, for test and local
     /// brokers, `publish.deviceDefender.minIntervalSeconds` when that is
     /// lowered).
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub interval_seconds: u64,
 }
 
@@ -142,5 +154,20 @@ impl ReportConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_are_the_configuration_values() {
+        for format in [Format::Json, Format::JsonShort, Format::Cbor] {
+            let value = serde_json::to_value(format).expect("serializes");
+            assert_eq!(value, format.name());
+            let back: Format = serde_json::from_value(value).expect("deserializes");
+            assert_eq!(back, format);
+        }
     }
 }

@@ -13,7 +13,9 @@ mod eval;
 mod search;
 mod syntax;
 
-use std::collections::{BTreeMap, BTreeSet};
+#[cfg(feature = "firehose")]
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +23,7 @@ use serde_json::Value;
 
 use self::app::App;
 use self::conf::Conf;
+#[cfg(feature = "firehose")]
 use self::eval::Fields;
 use crate::support;
 
@@ -531,7 +534,8 @@ fn cim_fields_of_events_the_agent_produced() {
             "edge:alert" => {
                 let alert = &event["alert"];
                 let detect = alert["source"].as_str().unwrap().starts_with("detect/");
-                let clear = alert["attributes"]["state"] == "clear";
+                let clear = alert["attributes"]["state"] == "clear"
+                    || alert["attributes"]["state"] == "invalidated";
                 let kind = match (detect, clear) {
                     (true, true) => "event",
                     (true, false) => "alarm",

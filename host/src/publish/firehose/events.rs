@@ -77,6 +77,10 @@ pub struct IndexedFields<'a> {
     /// The alert's severity; alerts only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<&'static str>,
+    /// `true` on the alert of a detection behavior with `suppressAlerts`:
+    /// visible, but searches that page people leave it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<&'static str>,
 }
 
 /// The HEC `event` object: a Device Defender metrics export element plus
@@ -187,6 +191,10 @@ pub fn events<'a>(
                     alert: Option<(usize, &'a Alert)>|
      -> HecEvent<'a> {
         let severity = alert.map(|(_, a)| a.severity.as_str());
+        let suppressed = alert
+            .and_then(|(_, a)| a.attributes.get(crate::detect::SUPPRESS_ALERTS_ATTRIBUTE))
+            .filter(|v| *v == "true")
+            .map(|_| "true");
         HecEvent {
             time: sample.timestamp_ms as f64 / 1000.0,
             host: thing,
@@ -197,6 +205,7 @@ pub fn events<'a>(
                 thing,
                 metric: name,
                 severity,
+                suppressed,
             },
             event: EventBody {
                 name,
@@ -299,19 +308,31 @@ pub fn events<'a>(
     out
 }
 
-/// Appends every event of a sample to `out`, one line each, and returns how
-/// many were written.
+/// Appends the events of a sample to `out`, one line each, and returns how
+/// many were written. An event whose line (newline included) is longer than
+/// `max_line` bytes is left out and handed to `oversized` with its name and
+/// size, so the caller can count and log it.
 pub fn write_sample(
     sample: &Sample,
     sample_id: u64,
     options: &EventOptions,
+    max_line: usize,
     out: &mut Vec<u8>,
+    mut oversized: impl FnMut(&str, usize),
 ) -> usize {
-    let events = events(sample, sample_id, options);
-    for event in &events {
+    let mut written = 0;
+    for event in events(sample, sample_id, options) {
+        let start = out.len();
         event.write_line(out);
+        let bytes = out.len() - start;
+        if bytes > max_line {
+            out.truncate(start);
+            oversized(event.event.name, bytes);
+        } else {
+            written += 1;
+        }
     }
-    events.len()
+    written
 }
 
 /// The distinct port numbers, ascending: the sample lists a port once per
@@ -386,7 +407,9 @@ mod tests {
 
     fn lines(sample: &Sample, options: &EventOptions) -> Vec<Value> {
         let mut buf = Vec::new();
-        let n = write_sample(sample, 7, options, &mut buf);
+        let n = write_sample(sample, 7, options, usize::MAX, &mut buf, |name, _| {
+            panic!("{name} is not oversized")
+        });
         let text = String::from_utf8(buf).expect("utf-8");
         assert!(text.ends_with('\n'));
         let lines: Vec<Value> = text
@@ -498,6 +521,26 @@ mod tests {
     }
 
     #[test]
+    fn a_suppressed_detection_alarm_is_marked_in_the_indexed_fields() {
+        let mut s = sample();
+        s.alerts[0].severity = Severity::Low;
+        s.alerts[0].attributes.insert(
+            crate::detect::SUPPRESS_ALERTS_ATTRIBUTE.to_owned(),
+            "true".to_owned(),
+        );
+        let lines = lines(&s, &EventOptions::default());
+        let alert = by_name(&lines, "edge:alert");
+        assert_eq!(
+            alert["fields"],
+            json!({"thing": "edge-01", "metric": "edge:alert", "severity": "low", "suppressed": "true"})
+        );
+        assert_eq!(
+            alert["event"]["alert"]["attributes"]["suppress_alerts"],
+            "true"
+        );
+    }
+
+    #[test]
     fn alert_event_carries_severity_message_and_attributes() {
         let lines = lines(&sample(), &EventOptions::default());
         let alert = by_name(&lines, "edge:alert");
@@ -535,6 +578,35 @@ mod tests {
             .collect();
         assert_eq!(ids.len(), first.len());
         assert_eq!(first, lines(&s, &EventOptions::default()));
+    }
+
+    #[test]
+    fn an_event_over_the_line_limit_is_left_out_and_named() {
+        let mut s = sample();
+        s.custom_metrics.insert(
+            "huge".to_owned(),
+            CustomMetricValue::StringList(vec!["x".repeat(2000)]),
+        );
+        let mut buf = Vec::new();
+        let mut left_out = Vec::new();
+        let n = write_sample(
+            &s,
+            7,
+            &EventOptions::default(),
+            1500,
+            &mut buf,
+            |name, bytes| left_out.push((name.to_owned(), bytes)),
+        );
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].0, "huge");
+        assert!(left_out[0].1 > 2000, "{left_out:?}");
+        let text = String::from_utf8(buf).expect("utf-8");
+        assert_eq!(text.lines().count(), n);
+        assert!(
+            !text.contains("\"huge\""),
+            "the oversized event is not written"
+        );
+        assert_eq!(n, 13, "every other event is");
     }
 
     #[test]

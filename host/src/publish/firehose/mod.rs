@@ -6,9 +6,13 @@
 //! - [`records`] packs event lines into Firehose records and calls (pure).
 //! - [`FirehoseSink`] stores each sample's events durably, then delivers them
 //!   with `PutRecordBatch`, resending only what failed.
+//! - [`SiemSink`] is what `run` holds: the sink when it is configured and
+//!   started, with the choice of which alerts go.
 //!
 //! The sink and the AWS SDK are behind the cargo feature `firehose` (on by
-//! default); the pure parts are always built.
+//! default); the pure parts and [`SiemSink`] are always built, and without
+//! the feature a configured sink says "not built in". The feature is named
+//! nowhere outside this folder.
 //!
 //! Delivery is at least once: a response lost after Firehose accepted a call,
 //! or a restart between delivery and acknowledgement, sends events again.
@@ -17,6 +21,7 @@
 
 pub mod events;
 pub mod records;
+mod siem;
 #[cfg(feature = "firehose")]
 mod sink;
 
@@ -25,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::publish::outbox::OutboxLimits;
 
 pub use events::{EventOptions, HecEvent};
+pub use siem::SiemSink;
 #[cfg(feature = "firehose")]
 pub use sink::{FirehoseError, FirehoseHandle, FirehoseSink};
 
@@ -37,7 +43,7 @@ pub const DEFAULT_RECORD_BYTES: usize = 20_000;
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct FirehoseConfig {
     /// Whether to send HEC events to Firehose at all.
-    #[serde(deserialize_with = "crate::config::lenient::bool")]
+    #[serde(deserialize_with = "crate::lenient::bool")]
     pub enabled: bool,
     /// The delivery stream's name.
     pub delivery_stream: String,
@@ -50,23 +56,23 @@ pub struct FirehoseConfig {
     /// HEC `index`; leave unset unless the HEC token may write to it.
     pub index: Option<String>,
     /// Upper bound of one record in bytes (Firehose bills per started 5 KB).
-    #[serde(deserialize_with = "crate::config::lenient::usize")]
+    #[serde(deserialize_with = "crate::lenient::usize")]
     pub record_bytes: usize,
     /// Longest time an event waits before it is sent, in milliseconds.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub flush_interval_ms: u64,
     /// Waiting bytes that trigger a send before the interval is up.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub flush_bytes: u64,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub retry_base_ms: u64,
     /// Longest retry delay in milliseconds.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub retry_max_ms: u64,
     /// How long `shutdown` keeps trying to deliver what is waiting, in
     /// milliseconds; the rest stays on disk for the next start.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub shutdown_timeout_ms: u64,
     /// Disk bounds of the sink's own outbox (`<stateDir>/firehose-outbox`).
     pub outbox: OutboxLimits,

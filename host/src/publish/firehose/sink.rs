@@ -7,15 +7,12 @@
 //! sample is the unit of acknowledgement while records are packed across
 //! samples up to the billing-friendly size budget.
 
-use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, ConfigLoader, Region, SdkConfig};
+use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_sdk_firehose::Client;
-use aws_sdk_firehose::config::ProvideCredentials;
 use aws_sdk_firehose::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_firehose::operation::describe_delivery_stream::DescribeDeliveryStreamError;
 use aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
@@ -28,6 +25,8 @@ use tracing::{debug, error, info, warn};
 
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
+use crate::backoff::Backoff;
+use crate::publish::aws::{self, backoff, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::sample::Sample;
 use crate::status::Status;
@@ -102,10 +101,13 @@ struct Shared {
 impl FirehoseSink {
     /// Loads the AWS configuration the standard way (environment, profile,
     /// container credentials from the Greengrass Token Exchange Service,
-    /// `AWS_ENDPOINT_URL_FIREHOSE`), checks the region, the credentials and
-    /// the stream, opens the outbox under `state_dir` and spawns the delivery
-    /// task. An unreachable endpoint is not an error: the outbox keeps events
-    /// until it answers. `config.enabled` is the caller's to check.
+    /// `AWS_ENDPOINT_URL_FIREHOSE`), checks the region, opens the outbox
+    /// under `state_dir` and spawns the delivery task; `submit` stores events
+    /// from then on. The task checks the credentials and the stream first,
+    /// and retries those checks with backoff until they pass (no network or
+    /// no credentials yet at boot, a stream created after the device, a
+    /// throttled DescribeDeliveryStream after a fleet-wide reboot): only then
+    /// does it send. `config.enabled` is the caller's to check.
     pub async fn start(
         config: &FirehoseConfig,
         state_dir: &Path,
@@ -127,16 +129,14 @@ impl FirehoseSink {
     ) -> Result<(FirehoseHandle, JoinHandle<()>), FirehoseError> {
         config.check().map_err(FirehoseError::Config)?;
         let stream = config.delivery_stream.clone();
-        let sdk = load_sdk_config(config, loader).await;
+        let sdk = aws::sdk_config(config.region.as_deref(), loader).await;
         let region =
             sdk.region()
                 .map(ToString::to_string)
                 .ok_or_else(|| FirehoseError::NoRegion {
                     stream: stream.clone(),
                 })?;
-        check_credentials(&sdk, &stream, &region).await?;
         let client = Client::new(&sdk);
-        check_stream(&client, &stream, &region).await?;
 
         let dir = state_dir.join("firehose-outbox");
         let outbox =
@@ -158,6 +158,7 @@ impl FirehoseSink {
         let (finished_tx, finished_rx) = watch::channel(false);
         let worker = Worker {
             client,
+            sdk,
             shared: shared.clone(),
             region: region.clone(),
             record_bytes: config.record_bytes,
@@ -169,8 +170,8 @@ impl FirehoseSink {
             shutdown: shutdown_rx,
             deadline: None,
         };
-        status.set_text("firehose.state", "running");
-        info!(%stream, %region, waiting, "Firehose sink started");
+        status.set_text("firehose.state", "starting");
+        info!(%stream, %region, waiting, "Firehose sink started; events are stored from now on");
         let task = tokio::spawn(async move {
             worker.run().await;
             let _ = finished_tx.send(true);
@@ -199,19 +200,17 @@ impl FirehoseHandle {
             });
         }
         let mut payload = Vec::with_capacity(4096);
-        let mut count = 0;
-        for event in events::events(sample, sample_id, &shared.options) {
-            let start = payload.len();
-            event.write_line(&mut payload);
-            let bytes = payload.len() - start;
-            if bytes > records::MAX_RECORD_BYTES {
-                payload.truncate(start);
+        let count = events::write_sample(
+            sample,
+            sample_id,
+            &shared.options,
+            records::MAX_RECORD_BYTES,
+            &mut payload,
+            |metric, bytes| {
                 shared.status.add("firehose.events_oversized", 1);
-                error!(stream = %shared.stream, metric = event.event.name, bytes, "event exceeds Firehose's record limit and is dropped");
-            } else {
-                count += 1;
-            }
-        }
+                error!(stream = %shared.stream, metric, bytes, "event exceeds Firehose's record limit and is dropped");
+            },
+        );
         if count == 0 {
             return Ok(());
         }
@@ -226,7 +225,7 @@ impl FirehoseHandle {
             stream: shared.stream.clone(),
             reason: e.to_string(),
         })?;
-        shared.status.add("firehose.events_submitted", count);
+        shared.status.add("firehose.events_submitted", count as u64);
         shared.wake.notify_one();
         Ok(())
     }
@@ -243,46 +242,18 @@ impl FirehoseHandle {
     }
 }
 
-async fn load_sdk_config(config: &FirehoseConfig, loader: ConfigLoader) -> SdkConfig {
-    // One TLS stack (rustls with ring) for both the SDK and the credential
-    // providers; without an explicit client the trimmed SDK has none and
-    // fails at the first call.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    let mut loader = loader.http_client(http).timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .operation_attempt_timeout(Duration::from_secs(30))
-            .build(),
-    );
-    if let Some(region) = &config.region {
-        loader = loader.region(Region::new(region.clone()));
-    }
-    loader.load().await
-}
-
 async fn check_credentials(
     sdk: &SdkConfig,
     stream: &str,
     region: &str,
 ) -> Result<(), FirehoseError> {
-    let no_credentials = |reason: String| FirehoseError::NoCredentials {
-        stream: stream.to_owned(),
-        region: region.to_owned(),
-        reason,
-    };
-    let provider = sdk
-        .credentials_provider()
-        .ok_or_else(|| no_credentials("no credentials provider configured".to_owned()))?;
-    provider
-        .provide_credentials()
+    aws::check_credentials(sdk)
         .await
-        .map_err(|e| no_credentials(error_chain(&e)))?;
-    Ok(())
+        .map_err(|reason| FirehoseError::NoCredentials {
+            stream: stream.to_owned(),
+            region: region.to_owned(),
+            reason,
+        })
 }
 
 async fn check_stream(client: &Client, stream: &str, region: &str) -> Result<(), FirehoseError> {
@@ -334,6 +305,8 @@ async fn check_stream(client: &Client, stream: &str, region: &str) -> Result<(),
 /// A delivery task's settings and state.
 struct Worker {
     client: Client,
+    /// For the credential check.
+    sdk: SdkConfig,
     shared: Arc<Shared>,
     region: String,
     record_bytes: usize,
@@ -359,6 +332,12 @@ struct Batch {
 
 impl Worker {
     async fn run(mut self) {
+        if !self.wait_until_ready().await {
+            let (waiting, _) = self.depth();
+            info!(stream = %self.shared.stream, waiting, "Firehose sink stopped before its checks passed; waiting events stay in the outbox");
+            self.shared.status.set_text("firehose.state", "stopped");
+            return;
+        }
         // Entries left by an earlier run are due at once.
         let mut oldest: Option<Instant> =
             (self.depth().0 > 0).then(|| Instant::now() - self.flush_interval);
@@ -394,6 +373,57 @@ impl Worker {
         let (waiting, _) = self.depth();
         info!(%stream, waiting, "Firehose sink stopped; waiting events stay in the outbox");
         self.shared.status.set_text("firehose.state", "stopped");
+    }
+
+    /// Checks the credentials and the stream, again and again with backoff
+    /// until both pass; events submitted meanwhile wait in the outbox. Each
+    /// new reason is logged once and shown in `firehose.state`. A shutdown
+    /// while waiting gets one last check within the shutdown timeout (and
+    /// then delivery until it); returns false when that failed too.
+    async fn wait_until_ready(&mut self) -> bool {
+        let stream = self.shared.stream.clone();
+        let status = self.shared.status.clone();
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut last: Option<String> = None;
+        loop {
+            let checked = async {
+                check_credentials(&self.sdk, &stream, &self.region).await?;
+                check_stream(&self.client, &stream, &self.region).await
+            };
+            let result = match self.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, checked)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(FirehoseError::Stopped {
+                            stream: stream.clone(),
+                        })
+                    }),
+                None => checked.await,
+            };
+            let problem = match result {
+                Ok(()) => break,
+                Err(_) if self.deadline.is_some() => return false,
+                Err(error) => error.to_string(),
+            };
+            status.add("firehose.start_check_failures", 1);
+            let delay = backoff.next_delay();
+            if last.as_ref() != Some(&problem) {
+                warn!(%stream, error = %problem, retry_in_ms = delay.as_millis() as u64, "Firehose not ready; events are stored and sent once it is");
+                status.set_text("firehose.state", format!("waiting: {problem}"));
+                last = Some(problem);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.wait_for(|stop| *stop) => {
+                    self.deadline = Some(Instant::now() + self.shutdown_timeout);
+                }
+            }
+        }
+        if last.is_some() {
+            info!(%stream, region = %self.region, "Firehose checks pass now; sending");
+        }
+        status.set_text("firehose.state", "running");
+        true
     }
 
     fn depth(&self) -> (usize, u64) {
@@ -642,70 +672,9 @@ enum CallOutcome {
     Failed { fatal: bool },
 }
 
-/// Full-jitter exponential backoff: a random delay between half and all of
-/// `base * 2^(round-1)`, capped at `max`. Jitter keeps a fleet of devices
-/// that lost the network together from retrying in lockstep.
-fn backoff(base: Duration, max: Duration, round: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << round.saturating_sub(1).min(20))
-        .min(max);
-    let half = ceiling / 2;
-    let spread = ceiling.saturating_sub(half).as_millis() as u64;
-    // RandomState is seeded randomly per instance: enough randomness for
-    // jitter without a dependency.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    half + Duration::from_millis(random % (spread + 1))
-}
-
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-fn lock(outbox: &Mutex<Outbox>) -> std::sync::MutexGuard<'_, Outbox> {
-    // A panic while holding the lock leaves the outbox's files consistent
-    // (each operation is one rename or remove), so a poisoned lock is usable.
-    outbox.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// An error and its sources on one line: the SDK's top-level messages
-/// ("dispatch failure", "service error") say little without them.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for round in 1..30 {
-            let ceiling = (base * 2u32.pow(round.min(20) - 1)).min(max);
-            let d = backoff(base, max, round);
-            assert!(
-                d >= ceiling / 2 && d <= ceiling,
-                "round {round}: {d:?} vs {ceiling:?}"
-            );
-        }
-        let spread: std::collections::BTreeSet<Duration> =
-            (0..50).map(|_| backoff(base, max, 6)).collect();
-        assert!(spread.len() > 5, "jitter varies the delay: {spread:?}");
     }
 }

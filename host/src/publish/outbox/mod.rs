@@ -142,11 +142,11 @@ impl fmt::Display for EntryId {
 pub struct OutboxLimits {
     /// Disk space the segments may take; past it the oldest entries are
     /// evicted. At least twice `segmentBytes`.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub max_bytes: u64,
     /// Size at which a new segment file is started. Disk is reclaimed a whole
     /// segment at a time, once all of its entries left.
-    #[serde(deserialize_with = "crate::config::lenient::u64")]
+    #[serde(deserialize_with = "crate::lenient::u64")]
     pub segment_bytes: u64,
 }
 
