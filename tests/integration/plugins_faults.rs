@@ -292,6 +292,8 @@ impl RunDir {
         let config = json!({
             "thingName": "plugin-faults",
             "stateDir": tmp.path().join("state"),
+            // The tests read the counters from status.json as they go.
+            "stateWriteSeconds": 1,
             "output": { "ndjson": null },
             "publish": { "transport": "none" },
             "detection": {
