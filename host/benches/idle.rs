@@ -257,13 +257,13 @@ fn main() {
     let compiled = measure(
         "detection + 3 plugins, empty cache (compiled at start)",
         &with_plugins,
-        &state("plugins"),
+        &state("with-plugins"),
         window,
     );
     let cached = measure(
         "detection + 3 plugins, loaded from the cache",
         &with_plugins,
-        &state("plugins"),
+        &state("with-plugins"),
         window,
     );
     println!(
