@@ -582,6 +582,8 @@ mod tests {
             };
             config.collect.proc_root = self.dir.path().join("proc");
             config.detection.profile_paths = vec![fixture("golden/profile.json")];
+            // These tests pin what every tick hands on: judge every sample.
+            config.detection.per_sample = vec!["*".to_owned()];
             config
         }
 

@@ -399,7 +399,7 @@ fn run_ticks_hand_on_the_pinned_outputs() {
         "json",
         json!({
             "report": {"intervalSeconds": 3},
-            "detection": {"intervalSeconds": 1},
+            "detection": {"intervalSeconds": 1, "perSample": ["*"]},
             "publish": {"deviceDefender": {"minIntervalSeconds": 1}}
         }),
     );
