@@ -681,12 +681,14 @@ impl Inner {
                     "init ran longer than initTimeoutMs ({} ms)",
                     limits.init_timeout_ms
                 ),
-                FailureKind::OutOfMemory => format!("init ran out of memory: {e:#}"),
+                FailureKind::OutOfMemory => {
+                    format!("init ran out of memory: {}", runtime::describe(&e))
+                }
                 FailureKind::OutputTooLarge => format!(
                     "init handed the host more than hostcallBytes ({} bytes)",
                     limits.hostcall_bytes
                 ),
-                FailureKind::Trap => format!("init trapped: {e:#}"),
+                FailureKind::Trap => format!("init trapped: {}", runtime::describe(&e)),
             },
         };
         Err(fail(LoadStage::Init, runtime::clip(what)))
@@ -771,12 +773,14 @@ impl Inner {
                         "ran longer than callTimeoutMs ({} ms)",
                         limits.call_timeout_ms
                     ),
-                    FailureKind::OutOfMemory => format!("ran out of memory: {e:#}"),
+                    FailureKind::OutOfMemory => {
+                        format!("ran out of memory: {}", runtime::describe(&e))
+                    }
                     FailureKind::OutputTooLarge => format!(
                         "handed the host more than hostcallBytes ({} bytes)",
                         limits.hostcall_bytes
                     ),
-                    FailureKind::Trap => format!("trapped: {e:#}"),
+                    FailureKind::Trap => format!("trapped: {}", runtime::describe(&e)),
                 };
                 let reason = runtime::clip(reason);
                 // A trapped store must never be entered again.

@@ -662,6 +662,21 @@ pub(crate) fn clip(mut text: String) -> String {
     text
 }
 
+/// A plugin failure for people: what went wrong first (the root cause, e.g.
+/// the memory limit or the trap), then where (wasmtime's wasm backtrace). In
+/// the other order a long backtrace (a Python plugin's is kilobytes) pushes
+/// the cause past [`clip`]'s cut.
+pub(crate) fn describe(error: &wasmtime::Error) -> String {
+    let mut chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+    let Some(root) = chain.pop() else {
+        return error.to_string();
+    };
+    match chain.is_empty() {
+        true => root,
+        false => format!("{root}; {}", chain.join(": ")),
+    }
+}
+
 /// A clock stuck at zero, for plugins not granted the clock.
 struct ZeroClock;
 
