@@ -480,6 +480,12 @@ impl Throttle {
     pub fn done(&mut self, now_ms: u64) {
         self.last_ms = Some(now_ms);
     }
+
+    /// Makes the next `due` true whatever the time: for a change worth
+    /// writing at once.
+    pub fn expire(&mut self) {
+        self.last_ms = None;
+    }
 }
 
 /// The network side of the pipeline: the counters of the last sample, the

@@ -428,8 +428,9 @@ impl Session {
     }
 
     /// Rewrites `status.json` when `stateWriteSeconds` passed since the last
-    /// time (and always at shutdown): `status` may show a state up to that
-    /// old, and says when it was written (`updated_ms`).
+    /// time, on a tick that opened or closed an alarm, and always at
+    /// shutdown: `status` may show counters up to that old (it says when they
+    /// were written, `updated_ms`), but never an alarm list that old.
     fn write_status_when_due(&mut self) {
         let now = now_ms();
         if !self.status_writes.due(now) {
@@ -451,6 +452,10 @@ impl Session {
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
         self.findings.submit(&tick.alarms).await;
+        if !tick.alarms.is_empty() {
+            // Alarms are rare and are what a person runs `status` for.
+            self.status_writes.expire();
+        }
         for alarm in &tick.alarms {
             // `status` lists the open alarms.
             let key = format!("alarm.{}", alarm.key());
