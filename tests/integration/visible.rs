@@ -258,7 +258,9 @@ fn rogue_port_config(dir: &Path, port: u16) -> PathBuf {
         "config.json",
         &json!({
             "stateDir": dir.join("state"),
-            "detection": {"intervalSeconds": 1, "profiles": [{
+            // Judged every second: these tests are about what a person
+            // sees, not about how many samples make a datapoint.
+            "detection": {"intervalSeconds": 1, "perSample": ["*"], "profiles": [{
                 "securityProfileName": "NoRogueListener",
                 "behaviors": [{
                     "name": "RoguePortClosed",
