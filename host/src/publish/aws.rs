@@ -1,14 +1,17 @@
 //! What the AWS sinks (Firehose, Security Hub) share: one trimmed SDK
 //! configuration (rustls with ring, the default credential chain, so the
-//! Greengrass Token Exchange Service on a core), retry timing and error text.
+//! Greengrass Token Exchange Service on a core), the wait between attempts
+//! (its delays come from [`crate::backoff`], like every retry path's) and error
+//! text.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{ConfigLoader, Region, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::publish::outbox::Outbox;
 
@@ -49,21 +52,30 @@ pub(crate) async fn check_credentials(sdk: &SdkConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Full-jitter exponential backoff: a random delay between half and all of
-/// `base * 2^(round-1)`, capped at `max`. Jitter keeps a fleet of devices
-/// that lost the network together from retrying in lockstep.
-pub(crate) fn backoff(base: Duration, max: Duration, round: u32) -> Duration {
-    let ceiling = base
-        .saturating_mul(1u32 << round.saturating_sub(1).min(20))
-        .min(max);
-    let half = ceiling / 2;
-    let spread = ceiling.saturating_sub(half).as_millis() as u64;
-    // RandomState is seeded randomly per instance: enough randomness for
-    // jitter without a dependency.
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    half + Duration::from_millis(random % (spread + 1))
+/// Waits `delay` before a sink's next attempt. Before shutdown a shutdown
+/// request cuts the wait short and sets `deadline` (now + `shutdown_timeout`):
+/// the sink then keeps trying until it. After that, a wait that would end
+/// past the deadline is not started: returns false, the sink stops and what
+/// waits stays in its outbox.
+pub(crate) async fn pause(
+    delay: Duration,
+    deadline: &mut Option<Instant>,
+    shutdown: &mut watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) -> bool {
+    match *deadline {
+        Some(until) if Instant::now() + delay >= until => return false,
+        Some(_) => tokio::time::sleep(delay).await,
+        None => {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    *deadline = Some(Instant::now() + shutdown_timeout);
+                }
+            }
+        }
+    }
+    true
 }
 
 /// The outbox a sink shares between its handle and its worker task.
@@ -87,26 +99,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for round in 1..30 {
-            let ceiling = (base * 2u32.pow(round.min(20) - 1)).min(max);
-            let d = backoff(base, max, round);
-            assert!(
-                d >= ceiling / 2 && d <= ceiling,
-                "round {round}: {d:?} vs {ceiling:?}"
-            );
-        }
-        let spread: std::collections::BTreeSet<Duration> =
-            (0..50).map(|_| backoff(base, max, 6)).collect();
-        assert!(spread.len() > 5, "jitter varies the delay: {spread:?}");
-    }
 }

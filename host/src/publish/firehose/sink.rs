@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
 use crate::backoff::Backoff;
-use crate::publish::aws::{self, backoff, error_chain, lock};
+use crate::publish::aws::{self, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::sample::Sample;
 use crate::status::Status;
@@ -412,12 +412,14 @@ impl Worker {
                 status.set_text("firehose.state", format!("waiting: {problem}"));
                 last = Some(problem);
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.wait_for(|stop| *stop) => {
-                    self.deadline = Some(Instant::now() + self.shutdown_timeout);
-                }
-            }
+            // No deadline yet here (a failed check past it returned above).
+            aws::pause(
+                delay,
+                &mut self.deadline,
+                &mut self.shutdown,
+                self.shutdown_timeout,
+            )
+            .await;
         }
         if last.is_some() {
             info!(%stream, region = %self.region, "Firehose checks pass now; sending");
@@ -513,6 +515,7 @@ impl Worker {
         let status = self.shared.status.clone();
         let mut waiting: Vec<Blob> = records.into_iter().map(Blob::new).collect();
         let mut round: u32 = 0;
+        let mut retry = Backoff::new(self.retry_base, self.retry_max);
         loop {
             let sizes: Vec<usize> = waiting.iter().map(|b| b.as_ref().len()).collect();
             let mut failed = Vec::new();
@@ -558,21 +561,19 @@ impl Worker {
             let delay = if fatal {
                 self.retry_max
             } else {
-                backoff(self.retry_base, self.retry_max, round)
+                retry.next_delay()
             };
             debug!(stream = %self.shared.stream, records = failed.len(), round, delay_ms = delay.as_millis() as u64, "resending failed records");
             waiting = failed;
-            match self.deadline {
-                Some(deadline) if Instant::now() + delay >= deadline => return Err(Interrupted),
-                Some(_) => tokio::time::sleep(delay).await,
-                None => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shutdown.wait_for(|stop| *stop) => {
-                            self.deadline = Some(Instant::now() + self.shutdown_timeout);
-                        }
-                    }
-                }
+            if !aws::pause(
+                delay,
+                &mut self.deadline,
+                &mut self.shutdown,
+                self.shutdown_timeout,
+            )
+            .await
+            {
+                return Err(Interrupted);
             }
         }
     }

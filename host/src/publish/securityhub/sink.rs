@@ -28,8 +28,9 @@ use tracing::{debug, error, info, warn};
 
 use super::asff::{self, Finding, Target};
 use super::{MAX_CALL_FINDINGS, SecurityHubConfig};
+use crate::backoff::Backoff;
 use crate::detect::AlarmEvent;
-use crate::publish::aws::{self, backoff, error_chain, lock};
+use crate::publish::aws::{self, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::status::Status;
 
@@ -110,13 +111,9 @@ impl SecurityHubSink {
             .region()
             .map(ToString::to_string)
             .ok_or(SecurityHubError::NoRegion)?;
-        if let Err(reason) = aws::check_credentials(&sdk).await {
-            warn!(%region, %reason, "no AWS credentials for Security Hub yet; findings wait in the outbox");
-            status.set_text(
-                "securityhub.state",
-                format!("waiting: no credentials: {reason}"),
-            );
-        }
+        // Credentials are not checked here: the worker's first call (STS)
+        // needs them and retries with backoff, so a slow or absent credential
+        // provider at boot never holds up the session's start.
         let dir = state_dir.join("securityhub-outbox");
         let outbox = Outbox::open(&dir, config.outbox, "securityhub.outbox", status.clone())
             .map_err(|e| SecurityHubError::Outbox(e.to_string()))?;
@@ -238,7 +235,7 @@ struct Batch {
 impl Worker {
     async fn run(mut self) {
         // Findings left by an earlier run are due at once.
-        let mut round: u32 = 0;
+        let mut retry = Backoff::new(self.retry_base, self.retry_max);
         loop {
             let pass = if self.depth() > 0 {
                 self.import_all().await
@@ -248,10 +245,7 @@ impl Worker {
             match pass {
                 Pass::Interrupted => break,
                 Pass::Done => {
-                    if round > 0 {
-                        self.shared.status.set_text("securityhub.state", "running");
-                    }
-                    round = 0;
+                    retry.reset();
                     if self.deadline.is_some() {
                         break;
                     }
@@ -264,29 +258,25 @@ impl Worker {
                     }
                 }
                 Pass::Retry { fatal } => {
-                    round += 1;
                     self.shared.status.add("securityhub.retries", 1);
                     let delay = if fatal {
                         self.retry_max
                     } else {
-                        backoff(self.retry_base, self.retry_max, round)
+                        retry.next_delay()
                     };
                     debug!(
-                        round,
                         delay_ms = delay.as_millis() as u64,
                         "Security Hub import retries later"
                     );
-                    match self.deadline {
-                        Some(deadline) if Instant::now() + delay >= deadline => break,
-                        Some(_) => tokio::time::sleep(delay).await,
-                        None => {
-                            tokio::select! {
-                                _ = tokio::time::sleep(delay) => {}
-                                _ = self.shutdown.wait_for(|stop| *stop) => {
-                                    self.deadline = Some(Instant::now() + self.shutdown_timeout);
-                                }
-                            }
-                        }
+                    let waited = aws::pause(
+                        delay,
+                        &mut self.deadline,
+                        &mut self.shutdown,
+                        self.shutdown_timeout,
+                    )
+                    .await;
+                    if !waited {
+                        break;
                     }
                 }
             }
