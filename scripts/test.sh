@@ -114,7 +114,7 @@ cargo test "${host[@]}" --benches --no-run -q
 stage "build: Raspberry Pi binaries (qemu profile, aarch64 + armv7)"
 # The build tests/integration/packaging.rs starts (same profile, features and
 # target folder), both targets in one cargo call so that both cores stay busy.
-cargo build --locked --bin defender-edge --profile qemu \
+cargo build --locked --bin defender-edge --profile qemu --no-default-features --features device \
   --target aarch64-unknown-linux-gnu --target armv7-unknown-linux-gnueabihf
 
 stage "build: wasm plugins (plugins/, tests/fixtures/plugins/)"

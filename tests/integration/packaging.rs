@@ -443,6 +443,10 @@ fn pi_binary(target: &PiTarget) -> PathBuf {
             "defender-edge",
             "--profile",
             PI_PROFILE,
+            // A device build, as scripts/package.sh makes for the Pi.
+            "--no-default-features",
+            "--features",
+            "device",
             "--target",
             target.triple,
         ])
