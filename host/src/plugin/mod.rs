@@ -18,8 +18,8 @@
 //!   stops at its CPU budget (`callTimeoutMs`, `initTimeoutMs`), a wait in a
 //!   host call (sleep, `poll`) at the budget plus a small margin (see
 //!   `call`). [`PluginHost::process`] blocks its thread for at most the sum
-//!   of those; async callers use [`PluginHost::process_async`]. Nothing is
-//!   armed between calls.
+//!   of those (`run` calls it inside `block_in_place`). Nothing is armed
+//!   between calls.
 //! - **Memory is capped per plugin**: `memoryMib` bounds all its linear
 //!   memories and tables together; wasm threads and shared memories are off.
 //! - **Compiled code is cached** under the host's own cache directory, keyed
@@ -272,23 +272,6 @@ impl PluginHost {
             }
         }
         Processed::Pass(sample)
-    }
-
-    /// [`PluginHost::process`] on a blocking thread, for async callers.
-    pub async fn process_async(&self, sample: Sample) -> Processed {
-        if self.inner.slots().is_empty() {
-            return Processed::Pass(sample);
-        }
-        let host = self.clone();
-        // Kept so the report survives even a panic on the blocking thread.
-        let fallback = sample.clone();
-        match tokio::task::spawn_blocking(move || host.process(sample)).await {
-            Ok(p) => p,
-            Err(join) => {
-                error!(error = %join, "plugin processing thread failed; passing the sample on unchanged");
-                Processed::Pass(fallback)
-            }
-        }
     }
 
     /// Names of the plugins in run order, with their state (`running`,
