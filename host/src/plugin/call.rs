@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
@@ -178,15 +178,27 @@ impl Watchdog {
             }
             let next = state.armed.keys().next().map(|(deadline, _)| *deadline);
             state.sleeping_until = next;
-            state = match next {
-                None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
-                Some(at) => {
-                    self.wake
-                        .wait_timeout(state, at.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            state = sleep_until(&self.wake, state, next, now);
+        }
+    }
+}
+
+/// Waits on `wake` until notified or until `until` (forever when `None`),
+/// measured from `now`. A poisoned lock is taken over: the state it guards
+/// is a schedule, valid after any panic. Shared by the watchdog here and the
+/// file watcher (watch.rs), the plugin host's two sleeping threads.
+pub(super) fn sleep_until<'a, T>(
+    wake: &Condvar,
+    state: MutexGuard<'a, T>,
+    until: Option<Instant>,
+    now: Instant,
+) -> MutexGuard<'a, T> {
+    match until {
+        None => wake.wait(state).unwrap_or_else(|p| p.into_inner()),
+        Some(at) => {
+            wake.wait_timeout(state, at.saturating_duration_since(now))
+                .unwrap_or_else(|p| p.into_inner())
+                .0
         }
     }
 }

@@ -147,15 +147,7 @@ impl Pending {
                 continue;
             }
             let next = state.files.values().min().map(|last| *last + DEBOUNCE);
-            state = match next {
-                None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
-                Some(at) => {
-                    self.wake
-                        .wait_timeout(state, at.saturating_duration_since(now))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            state = super::call::sleep_until(&self.wake, state, next, now);
         }
     }
 }
