@@ -126,6 +126,20 @@ fn published_reports(nucleus: &TestNucleus) -> Vec<u64> {
         .collect()
 }
 
+/// Test credentials and one endpoint (`endpoint_variable`, e.g.
+/// `AWS_ENDPOINT_URL_FIREHOSE`) for the AWS SDK in `run`; no instance
+/// metadata lookups, no SDK-level retries (the sinks retry themselves).
+#[cfg(any(feature = "firehose", feature = "securityhub"))]
+fn fake_aws<'a>(endpoint_variable: &'a str, url: &'a str) -> [(&'a str, &'a OsStr); 5] {
+    [
+        (endpoint_variable, OsStr::new(url)),
+        ("AWS_ACCESS_KEY_ID", OsStr::new("AKIDTESTRUN")),
+        ("AWS_SECRET_ACCESS_KEY", OsStr::new("secret")),
+        ("AWS_EC2_METADATA_DISABLED", OsStr::new("true")),
+        ("AWS_MAX_ATTEMPTS", OsStr::new("1")),
+    ]
+}
+
 fn wait_nucleus(what: &str, run: &mut Running, check: impl Fn() -> bool) {
     run.wait_for(what, Duration::from_secs(20), |_| check());
 }
@@ -338,11 +352,6 @@ async fn kill_9_with_reports_waiting_loses_none() {
     );
 }
 
-/// Under Greengrass with the Firehose sink on: the report goes to Device
-/// Defender over IPC and the same sample, as HEC events, to Firehose (moto),
-/// with matching counts. A delivery stream that does not exist is a clear
-/// error at start and Device Defender reports still go out.
-#[cfg(feature = "firehose")]
 /// SD wear: with a sample every second, `status.json` is written once
 /// (the first tick), not every tick, until `stateWriteSeconds` pass; the
 /// shutdown writes it with everything counted.
@@ -396,7 +405,12 @@ fn the_status_file_is_written_once_a_minute_and_at_shutdown_not_every_tick() {
     assert!(status.to_string().contains("collect.samples"), "{status}");
 }
 
+/// Under Greengrass with the Firehose sink on: the report goes to Device
+/// Defender over IPC and the same sample, as HEC events, to Firehose (moto),
+/// with matching counts. A delivery stream that does not exist is a clear
+/// error at start and Device Defender reports still go out.
 #[test]
+#[cfg(feature = "firehose")]
 fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
     use crate::firehose::Moto;
 
@@ -418,12 +432,7 @@ fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
         let mut run = Running::under(
             &nucleus,
             &["--once"],
-            &[
-                ("AWS_ENDPOINT_URL_FIREHOSE", OsStr::new(&url)),
-                ("AWS_ACCESS_KEY_ID", OsStr::new("AKIDTESTRUN")),
-                ("AWS_SECRET_ACCESS_KEY", OsStr::new("secret")),
-                ("AWS_EC2_METADATA_DISABLED", OsStr::new("true")),
-            ],
+            &fake_aws("AWS_ENDPOINT_URL_FIREHOSE", &url),
         );
         let status = run.wait();
         let log = run.log();
@@ -482,16 +491,8 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
             "thingName": "edge-e2e",
             "stateDir": state.path(),
             "output": {"ndjson": null},
-            "detection": {"intervalSeconds": "1", "perSample": ["NoRogueListener"], "profiles": [{
-                "securityProfileName": "NoRogueListener",
-                "behaviors": [{
-                    "name": "RoguePortClosed",
-                    "metric": "aws:listening-tcp-ports",
-                    "criteria": {"comparisonOperator": "not-in-port-set",
-                        "value": {"ports": [port]},
-                        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 2}
-                }]
-            }]}
+            "detection": {"intervalSeconds": "1", "perSample": ["NoRogueListener"],
+                "profiles": [support::rogue_listener_profile(port, 2)]}
         }),
     );
     let mut run = Running::under(&nucleus, &[], &[]);
@@ -589,15 +590,13 @@ async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
     let port = probe.local_addr().expect("addr").port();
     drop(probe);
     let dir = tempfile::tempdir().expect("temp dir");
-    let criteria = json!({"comparisonOperator": "not-in-port-set", "value": {"ports": [port]},
-        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1});
+    let profile = support::rogue_listener_profile(port, 1);
     let config = json!({
         "thingName": "edge-dd",
         "stateDir": dir.path().join("state"),
         "output": {"ndjson": null},
         "detection": {"intervalSeconds": 1, "perSample": ["*"], "alarmFormat": "device-defender",
-            "profiles": [{"securityProfileName": "NoRogueListener", "behaviors": [
-                {"name": "RoguePortClosed", "metric": "aws:listening-tcp-ports", "criteria": criteria}]}]},
+            "profiles": [profile]},
         "publish": {
             "transport": "mqtt",
             "mqtt": serde_json::to_value(pki.mqtt(broker.port, "device", "ca")).expect("mqtt")
@@ -646,7 +645,7 @@ async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
         assert_eq!(
             event["behavior"],
             json!({"name": "RoguePortClosed", "metric": "aws:listening-tcp-ports",
-                   "criteria": criteria, "suppressAlerts": false})
+                   "criteria": profile["behaviors"][0]["criteria"], "suppressAlerts": false})
         );
         assert_eq!(event["violationEventType"], kind);
         let id = event["violationId"].as_str().expect("violationId");
@@ -678,6 +677,73 @@ async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
     let clear = check(&payload, "alarm-cleared");
     assert_eq!(clear["violationId"], alarm["violationId"]);
 
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
+}
+
+/// Local detection inside the running component feeds Security Hub: with
+/// Security Hub unreachable at start (moto not running yet), a listener the
+/// profile forbids raises an alarm whose finding waits in the outbox and
+/// arrives `ACTIVE` once moto is up; closing the listener archives it.
+#[test]
+#[cfg(feature = "securityhub")]
+fn an_alarm_becomes_a_security_hub_finding_and_its_clear_archives_it() {
+    use crate::securityhub::{Moto, findings, free_port};
+
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let hub = free_port();
+    let state = tempfile::tempdir().expect("state dir");
+    let nucleus = TestNucleus::start_with(
+        false,
+        json!({
+            "thingName": "edge-e2e-hub",
+            "stateDir": state.path(),
+            "output": {"ndjson": null},
+            "publish": {"securityHub": {"enabled": "true", "region": "us-east-1",
+                "retryBaseMs": "50", "retryMaxMs": "300"}},
+            "detection": {"intervalSeconds": "1", "perSample": ["*"],
+                "profiles": [support::rogue_listener_profile(port, 2)]}
+        }),
+    );
+    let url = format!("http://127.0.0.1:{hub}");
+    let mut run = Running::under(&nucleus, &[], &fake_aws("AWS_ENDPOINT_URL", &url));
+    run.wait_for("the pipeline", Duration::from_secs(20), |log| {
+        log.contains("defender-edge running")
+    });
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    run.wait_for("the alarm", Duration::from_secs(20), |log| {
+        log.contains("RoguePortClosed")
+    });
+    // Security Hub comes up only now: the finding waited in the outbox.
+    let _moto = Moto::start(hub, 0);
+    let finding = |record_state: &str| {
+        findings(hub)
+            .into_values()
+            .find(|f| f["RecordState"] == record_state)
+    };
+    wait_nucleus("the ACTIVE finding", &mut run, || {
+        finding("ACTIVE").is_some()
+    });
+    let active = finding("ACTIVE").expect("finding");
+    let title = active["Title"].as_str().expect("Title");
+    assert!(
+        title.contains("edge-e2e-hub") && title.contains("RoguePortClosed"),
+        "{title}"
+    );
+    assert!(
+        active["Resources"][0]["Details"]["Other"]["OffendingValues"]
+            .as_str()
+            .is_some_and(|v| v.contains(&port.to_string())),
+        "{active}"
+    );
+
+    drop(listener);
+    wait_nucleus("the finding archived", &mut run, || {
+        finding("ARCHIVED").is_some_and(|f| f["Id"] == active["Id"])
+    });
+    assert_eq!(findings(hub).len(), 1, "the clear updated the same finding");
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
 }

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: where the binary and the fixtures
-//! are, and the Python virtual environment the test script creates.
+//! are, the Python virtual environment the test script creates, and the one
+//! security profile the detection tests run.
 
 use std::path::PathBuf;
 
@@ -144,4 +145,21 @@ impl Drop for SmallFs {
             .arg(self.path())
             .output();
     }
+}
+
+/// The security profile the end-to-end detection tests run: a listening TCP
+/// port `port` is an alarm after one datapoint and clears after
+/// `datapoints_to_clear` without it.
+pub fn rogue_listener_profile(port: u16, datapoints_to_clear: u32) -> serde_json::Value {
+    serde_json::json!({
+        "securityProfileName": "NoRogueListener",
+        "behaviors": [{
+            "name": "RoguePortClosed",
+            "metric": "aws:listening-tcp-ports",
+            "criteria": {"comparisonOperator": "not-in-port-set",
+                "value": {"ports": [port]},
+                "consecutiveDatapointsToAlarm": 1,
+                "consecutiveDatapointsToClear": datapoints_to_clear}
+        }]
+    })
 }

@@ -260,16 +260,8 @@ fn rogue_port_config(dir: &Path, port: u16) -> PathBuf {
             "stateDir": dir.join("state"),
             // Judged every second: these tests are about what a person
             // sees, not about how many samples make a datapoint.
-            "detection": {"intervalSeconds": 1, "perSample": ["*"], "profiles": [{
-                "securityProfileName": "NoRogueListener",
-                "behaviors": [{
-                    "name": "RoguePortClosed",
-                    "metric": "aws:listening-tcp-ports",
-                    "criteria": {"comparisonOperator": "not-in-port-set",
-                        "value": {"ports": [port]},
-                        "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1}
-                }]
-            }]}
+            "detection": {"intervalSeconds": 1, "perSample": ["*"],
+                "profiles": [support::rogue_listener_profile(port, 1)]}
         }),
     )
 }
