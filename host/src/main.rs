@@ -61,6 +61,45 @@ enum Command {
     Plugin(defender_edge::plugin::cli::PluginCommand),
     #[command(subcommand)]
     Config(ConfigCommand),
+    Baseline(BaselineArgs),
+}
+
+/// Turn a profile's statistical thresholds into the fleet's percentiles.
+///
+/// Device Defender ranked a device's datapoint against every device's;
+/// on the device a statisticalThreshold is a percentile of the device's own
+/// history. This reads the events the fleet already sends, forms each
+/// device's datapoints as the detector does (one per report period; traffic
+/// summed over durationSeconds in whole periods), and writes the profile
+/// with each statistical behavior's percentile over the fleet as a fixed
+/// value (count, or number for a custom metric), same operator, duration and
+/// datapoints. Other behaviors are copied; the description says where the
+/// thresholds came from. Deploy the result as detection.profiles or
+/// profilePaths (docs/DETECTION.md, section 4).
+///
+/// Events: HEC events as Firehose delivers them to S3 (newline-separated or
+/// concatenated, not gzip), and Device Defender reports (output.ndjson,
+/// `collect`), whose file names their thing (edge-01.ndjson). A behavior
+/// the events give no datapoint for stays statistical, with a warning.
+///
+/// Exit status: 0 written; 1 error; 2 invalid profile or events (the file
+/// and line), empty input, or no statistical behavior with data.
+#[derive(Debug, Args)]
+struct BaselineArgs {
+    /// The security profile (AWS's JSON format) whose statistical behaviors to resolve.
+    #[arg(long, value_name = "FILE")]
+    profile: PathBuf,
+    /// Event files, or folders read recursively (an S3 prefix synced to disk).
+    /// Repeatable. Without it, standard input is read.
+    #[arg(long, value_name = "FILE|DIR", num_args = 1..)]
+    events: Vec<PathBuf>,
+    /// The fleet's report.intervalSeconds: how many reports one traffic datapoint sums.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    report_interval: u64,
+    /// Write the profile here instead of to standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// Check the configuration.
@@ -252,6 +291,7 @@ fn main() -> ExitCode {
         Command::Status(args) => show_status(args),
         Command::Plugin(cmd) => plugin(cmd, plugin_config),
         Command::Config(ConfigCommand::Check(args)) => config_check(args),
+        Command::Baseline(args) => baseline(args),
     };
     outcome.unwrap_or_else(|error| {
         eprintln!("defender-edge: {}", one_message(&error));
@@ -284,6 +324,7 @@ fn invalid_input(error: &anyhow::Error) -> bool {
     error.chain().any(|e| {
         e.is::<defender_edge::config::ConfigError>()
             || e.is::<defender_edge::collect::ProcRootError>()
+            || e.is::<defender_edge::detect::baseline::BaselineError>()
             || matches!(
                 e.downcast_ref::<DetectError>(),
                 Some(
@@ -489,6 +530,25 @@ fn config_check(args: ConfigCheckArgs) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "    plugin folder: {}", dir.display())?;
     Ok(ExitCode::from(if failed == 0 { 0 } else { 2 }))
+}
+
+fn baseline(args: BaselineArgs) -> anyhow::Result<ExitCode> {
+    let result = defender_edge::detect::baseline::compute(
+        &args.profile,
+        &args.events,
+        args.report_interval,
+    )?;
+    for line in result.summary() {
+        eprintln!("{line}");
+    }
+    let mut text = serde_json::to_vec_pretty(&result.profile)?;
+    text.push(b'\n');
+    match &args.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("writing the profile to {}", path.display()))?,
+        None => std::io::stdout().lock().write_all(&text)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A folder of `config check`'s own, removed when it ends: profiles and

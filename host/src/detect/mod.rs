@@ -13,8 +13,12 @@
 //! The [`Detector`] does no network I/O and is not async: the run loop hands
 //! it samples and publishes the [`AlarmEvent`]s it returns. Its only I/O is
 //! reading profiles at start and writing its state file in [`Detector::save`].
+//!
+//! [`baseline`] is the `defender-edge baseline` command: fleet percentiles
+//! from the fleet's events, written into a profile as fixed thresholds.
 
 mod alarm;
+pub mod baseline;
 mod criteria;
 mod event;
 mod metric;
