@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collect::CollectConfig;
 use crate::detect::DetectionConfig;
+use crate::health::HealthConfig;
 use crate::plugin::PluginsConfig;
 use crate::publish::PublishConfig;
 use crate::report::ReportConfig;
@@ -40,6 +41,8 @@ pub struct Config {
     pub plugins: PluginsConfig,
     pub detection: DetectionConfig,
     pub publish: PublishConfig,
+    /// The agent's own health event, once per report period.
+    pub health: HealthConfig,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             plugins: PluginsConfig::default(),
             detection: DetectionConfig::default(),
             publish: PublishConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -138,6 +142,7 @@ impl Config {
             .check(self.publish.device_defender.min_interval_seconds)?;
         self.detection.check()?;
         self.publish.check()?;
+        self.health.check()?;
         if self.state_write_seconds == 0 {
             return Err("key `stateWriteSeconds`: must be at least 1".to_owned());
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod detect;
 pub mod fuzz;
 pub mod greengrass;
+pub mod health;
 pub mod lenient;
 pub mod output;
 pub mod owners;

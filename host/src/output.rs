@@ -1,12 +1,12 @@
 //! `run`'s local output, for people and log shippers on the device: each
 //! report as one JSON line (`output.ndjson`), and what the agent found, the
-//! alarms, plugin alerts and annotations, as lines of their own
-//! (`output.events`).
+//! alarms, plugin alerts, annotations and changes of its own health, as
+//! lines of their own (`output.events`).
 //!
 //! Two forms. NDJSON for tools: a report line is the report itself, byte for
 //! byte what consumers have always read (no field added); an event line is a
-//! JSON object whose `type` is `alarm`, `alert` or `annotations`, and a
-//! report never has a `type` key, so one stream tells them apart. Human form,
+//! JSON object whose `type` is `alarm`, `alert`, `annotations` or `health`,
+//! and a report never has a `type` key, so one stream tells them apart. Human form,
 //! for a person at a terminal (stdout is a terminal, or `run --human`): one
 //! line per event, `HH:MM:SS KIND what`, and a one-line summary per report.
 //! The human form applies to what goes to standard output; a file always
@@ -86,7 +86,8 @@ impl Target {
 
 /// Something the agent found, ready for either form.
 pub struct Event {
-    /// `alarm`, `alert` or `annotations`: the `type` of the NDJSON line.
+    /// `alarm`, `alert`, `annotations` or `health`: the `type` of the NDJSON
+    /// line.
     pub kind: &'static str,
     pub timestamp_ms: u64,
     /// The line's fields (an object; `type` is added in front).

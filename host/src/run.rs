@@ -33,6 +33,7 @@ use crate::config::{Config, ConfigError};
 use crate::detect::{AlarmEvent, AlarmState};
 use crate::greengrass::Nucleus;
 use crate::greengrass::ipc::{ConfigurationUpdates, IpcClient};
+use crate::health::{HealthMonitor, HealthState};
 use crate::output::{Event, Output, Target};
 use crate::pipeline::{Outcome, Passed, Pipeline, Throttle, Window};
 use crate::publish::defender::{DefenderHandle, DefenderOptions, DefenderPublisher, FlushOutcome};
@@ -214,6 +215,16 @@ enum AnyTransport {
     Mqtt(MqttTransport),
 }
 
+impl AnyTransport {
+    /// The largest payload one message to `topic` carries.
+    fn max_payload(&self, topic: &str) -> usize {
+        match self {
+            AnyTransport::Ipc(ipc) => ipc.max_publish_payload(topic),
+            AnyTransport::Mqtt(_) => crate::publish::mqtt::max_publish_payload(topic),
+        }
+    }
+}
+
 impl Transport for AnyTransport {
     async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<(), TransportError> {
         match self {
@@ -249,6 +260,14 @@ struct Session {
     submitted: bool,
     /// `status.json` at most every `stateWriteSeconds` (SD wear).
     status_writes: Throttle,
+    /// The health event of each report period (`health`).
+    health: HealthMonitor,
+    health_topic: Option<String>,
+    /// The state and problems last written to the local output (`ok` and
+    /// none at start): a health line is written when they change, not
+    /// every period.
+    health_shown: Option<(HealthState, Vec<String>)>,
+    thing: String,
 }
 
 impl Session {
@@ -382,6 +401,15 @@ impl Session {
             tick_every,
             submitted: false,
             status_writes: Throttle::new(config.state_write_seconds),
+            // A new session (a configuration update) judges error counters
+            // from zero again: a problem of the last period may be named
+            // once more, never one hidden.
+            health: HealthMonitor::new(),
+            health_topic: config.health.topic_for(&thing),
+            // A healthy start writes nothing: the local output shows the
+            // health when it first goes wrong and when it changes after.
+            health_shown: Some((HealthState::Ok, Vec::new())),
+            thing,
         })
     }
 
@@ -420,6 +448,9 @@ impl Session {
             let reported = self
                 .tick(clock.take(Instant::now(), self.report_every))
                 .await?;
+            if reported {
+                self.send_health().await;
+            }
             self.write_status_when_due();
             if options.once && reported {
                 return Ok(Ended::Once);
@@ -439,6 +470,55 @@ impl Session {
         match self.status.write(self.state.path(), now) {
             Ok(_) => self.status_writes.done(now),
             Err(error) => warn!(%error, "cannot write the status file"),
+        }
+    }
+
+    /// The agent's health, once per report period: to Firehose (durable, as
+    /// the sample's events), to the IoT topic `health.topic` in the
+    /// background, and to the local output when its state or problems
+    /// changed. Nothing here can stop the session.
+    async fn send_health(&mut self) {
+        let now = now_ms();
+        let health = self.health.health(&self.status.snapshot(now), now);
+        self.status.set_text(
+            "health.state",
+            match health.problems.is_empty() {
+                true => health.state.as_str().to_owned(),
+                false => format!("{}: {}", health.state.as_str(), health.problems.join("; ")),
+            },
+        );
+        self.siem.submit_health(&health, &self.thing, now).await;
+        let event = health.to_event_json(&self.thing, now);
+        if let (Some(topic), Some(transport)) = (&self.health_topic, &self.transport) {
+            let (payload, cut) =
+                health.payload_within(&self.thing, now, transport.max_payload(topic));
+            if cut {
+                self.status.add("health.status_left_out", 1);
+            }
+            publish_in_background(
+                transport,
+                topic,
+                payload,
+                &self.status,
+                ("health.published", "health.publish_errors"),
+                "cannot publish the health event",
+            );
+        }
+        let shown = Some((health.state, health.problems.clone()));
+        if shown != self.health_shown {
+            if health.state == HealthState::Degraded {
+                warn!(problems = ?health.problems, "agent health degraded");
+            }
+            let line = Event {
+                kind: "health",
+                timestamp_ms: now,
+                fields: event,
+                human: health.human(),
+            };
+            match self.output.event(line) {
+                Ok(()) => self.health_shown = shown,
+                Err(error) => warn!(%error, "cannot write the health event"),
+            }
         }
     }
 
@@ -581,18 +661,14 @@ impl AlarmTopics {
                 self.status.add("detect.alarms_suppressed", 1);
             }
             if let (Some(transport), Some(payload)) = (&self.transport, on_topic) {
-                let transport = transport.clone();
-                let topic = self.topic.clone();
-                let status = self.status.clone();
-                tokio::spawn(async move {
-                    match transport.publish(&topic, payload).await {
-                        Ok(()) => status.add("detect.alarms_published", 1),
-                        Err(error) => {
-                            warn!(%topic, %error, "cannot publish an alarm event");
-                            status.add("detect.alarm_publish_errors", 1);
-                        }
-                    }
-                });
+                publish_in_background(
+                    transport,
+                    &self.topic,
+                    payload,
+                    &self.status,
+                    ("detect.alarms_published", "detect.alarm_publish_errors"),
+                    "cannot publish an alarm event",
+                );
             }
             if let Some(ipc) = &self.ipc {
                 let ipc = ipc.clone();
@@ -610,6 +686,31 @@ impl AlarmTopics {
             }
         }
     }
+}
+
+/// Publishes on the transport in the background, so that an unreachable
+/// peer never delays sampling; counts the outcome in `counters` (published,
+/// failed) and logs a failure with `failure`.
+fn publish_in_background(
+    transport: &Arc<AnyTransport>,
+    topic: &str,
+    payload: Vec<u8>,
+    status: &Status,
+    counters: (&'static str, &'static str),
+    failure: &'static str,
+) {
+    let transport = transport.clone();
+    let topic = topic.to_owned();
+    let status = status.clone();
+    tokio::spawn(async move {
+        match transport.publish(&topic, payload).await {
+            Ok(()) => status.add(counters.0, 1),
+            Err(error) => {
+                warn!(%topic, %error, "{failure}");
+                status.add(counters.1, 1);
+            }
+        }
+    });
 }
 
 async fn next_update(updates: &mut Option<&mut ConfigurationUpdates>) -> Option<Vec<Vec<String>>> {

@@ -176,6 +176,8 @@ struct RunOutputs {
     ndjson: String,
     /// One entry per sample sent to the SIEM path, HEC lines each.
     hec: Vec<String>,
+    /// The health events sent to the SIEM path, one per report.
+    health: Vec<String>,
     /// The alarm events logged, as published, one per line.
     alarms: String,
     log: String,
@@ -247,19 +249,22 @@ impl Rig {
                 (id, report.to_vec())
             })
             .collect();
-        let hec = if cfg!(feature = "firehose") {
+        // The agent's health events (one per report) hold uptime and
+        // counters, which no fixture pins: counted apart, not compared.
+        let (health, hec): (Vec<String>, Vec<String>) = if cfg!(feature = "firehose") {
             entries(&self.state.join("firehose-outbox"))
                 .into_iter()
                 .map(|entry| blank_clock(&String::from_utf8(entry).expect("HEC lines are UTF-8")))
-                .collect()
+                .partition(|entry| entry.contains(r#""metric":"edge:health""#))
         } else {
-            Vec::new()
+            Default::default()
         };
         RunOutputs {
             alarms: alarms_logged(&log),
             reports,
             ndjson: std::fs::read_to_string(&self.ndjson).unwrap_or_default(),
             hec,
+            health,
             log,
         }
     }
@@ -384,6 +389,7 @@ fn run_once_hands_on_the_pinned_outputs() {
         check("run-once-alarms.ndjson", outputs.alarms.as_bytes());
         if cfg!(feature = "firehose") {
             assert_eq!(outputs.hec.len(), 1, "one sample; log:\n{}", outputs.log);
+            assert_eq!(outputs.health.len(), 1, "one health event per report");
             check("run-once-hec.ndjson", outputs.hec[0].as_bytes());
         }
     }

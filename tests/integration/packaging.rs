@@ -260,6 +260,12 @@ fn recipe_access_control_covers_exactly_the_topics_used() {
             publish_iot.clone(),
             alarm.replace("{thing}", thing),
         ));
+        let health = defaults["health"]["topic"].as_str().expect("health.topic");
+        expected.insert((
+            mqtt.clone(),
+            publish_iot.clone(),
+            health.replace("{thing}", thing),
+        ));
         let local = detection["localTopic"]
             .as_str()
             .expect("detection.localTopic");

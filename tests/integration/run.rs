@@ -437,7 +437,11 @@ fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
         let status = run.wait();
         let log = run.log();
         assert_eq!(status.code(), Some(0), "log:\n{log}");
-        let published = nucleus.requests("PublishToIoTCore");
+        let published: Vec<Value> = nucleus
+            .requests("PublishToIoTCore")
+            .into_iter()
+            .filter(|r| r["body"]["topicName"] == "$aws/things/edge-e2e/defender/metrics/json")
+            .collect();
         assert_eq!(
             published.len(),
             1,
@@ -571,7 +575,12 @@ fn run_loads_a_plugin_with_a_directory_grant() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    // The report line, beside the agent's health line (`type: health`).
+    let report: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON lines"))
+        .find(|l| l.get("type").is_none())
+        .expect("one JSON report");
     assert!(
         report["custom_metrics"]["memory_used_percent"].is_array(),
         "the plugin's metric is in the report: {report}"
@@ -746,4 +755,118 @@ fn an_alarm_becomes_a_security_hub_finding_and_its_clear_archives_it() {
     assert_eq!(findings(hub).len(), 1, "the clear updated the same finding");
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
+}
+
+/// The health events the nucleus received on `topic`, decoded.
+fn health_events(nucleus: &TestNucleus, topic: &str) -> Vec<Value> {
+    nucleus
+        .requests("PublishToIoTCore")
+        .iter()
+        .filter(|r| r["body"]["topicName"] == topic)
+        .map(|r| {
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(r["body"]["payload"].as_str().expect("payload"))
+                .expect("base64 payload");
+            serde_json::from_slice(&payload).expect("a JSON health event")
+        })
+        .collect()
+}
+
+/// Issue 16 §1: once per report period the agent's own health goes to the
+/// IoT health topic; a plugin that cannot load makes it `degraded`, naming
+/// the plugin, on the topic, in the event output and in `status`. With
+/// `health.topic` null nothing is published.
+#[test]
+fn the_agent_health_is_published_each_period_and_names_a_broken_plugin() {
+    for topic in [Some("defender-edge/edge-health/health"), None] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).expect("plugins dir");
+        std::fs::write(plugins.join("broken.wasm"), b"not a component").expect("plugin");
+        let events = dir.path().join("events.ndjson");
+        let state = dir.path().join("state");
+        let nucleus = TestNucleus::start_with(
+            false,
+            json!({
+                "thingName": "edge-health",
+                "stateDir": state,
+                "output": {"ndjson": null, "events": events},
+                "report": {"intervalSeconds": "1"},
+                "plugins": {"dir": plugins},
+                "health": {"topic": topic.map(|_| "defender-edge/{thing}/health")},
+                "publish": {"deviceDefender": {"minIntervalSeconds": "1"}}
+            }),
+        );
+        let mut run = Running::under(&nucleus, &[], &[]);
+        let health_topic = "defender-edge/edge-health/health";
+        match topic {
+            Some(topic) => {
+                wait_nucleus("three health events", &mut run, || {
+                    health_events(&nucleus, topic).len() >= 3
+                });
+                for event in health_events(&nucleus, topic) {
+                    assert_eq!(event["name"], "edge:health", "{event}");
+                    assert_eq!(event["thing"], "edge-health", "{event}");
+                    let health = &event["health"];
+                    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{event}");
+                    assert_eq!(health["state"], "degraded", "{event}");
+                    let problems = health["problems"].to_string();
+                    assert!(problems.contains("plugin.broken.state: failed"), "{event}");
+                    assert!(
+                        health["status"]["collect"]["samples"].as_u64() >= Some(1),
+                        "{event}"
+                    );
+                }
+            }
+            None => {
+                // Reports flow, health stays off the IoT topics.
+                wait_nucleus("three reports", &mut run, || {
+                    nucleus
+                        .requests("PublishToIoTCore")
+                        .iter()
+                        .filter(|r| {
+                            r["body"]["topicName"]
+                                == "$aws/things/edge-health/defender/metrics/json"
+                        })
+                        .count()
+                        >= 3
+                });
+                assert!(health_events(&nucleus, health_topic).is_empty());
+            }
+        }
+        run.signal(libc::SIGTERM);
+        assert!(run.wait().success(), "{}", run.log());
+        // The event output got the health when its problems changed, not
+        // every period: the first names the load error and the failed state,
+        // every later one only the failed state.
+        let lines: Vec<Value> = std::fs::read_to_string(&events)
+            .expect("events file")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .filter(|l: &Value| l["type"] == "health")
+            .collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0]["health"]["problems"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("plugin.broken.load_errors: +1")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1]["health"]["problems"].as_array().map(Vec::len),
+            Some(1),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| l["health"]["state"] == "degraded"));
+        let status = Command::new(support::bin())
+            .args(["status", "--state-dir"])
+            .arg(&state)
+            .output()
+            .expect("run status");
+        let shown = String::from_utf8_lossy(&status.stdout);
+        assert!(
+            shown.contains("degraded: ") && shown.contains("plugin.broken.state: failed"),
+            "{shown}"
+        );
+    }
 }

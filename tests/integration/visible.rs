@@ -131,6 +131,10 @@ fn run_prints_alarms_alerts_and_annotations_as_typed_ndjson_lines() {
         json!({"owner": "plant-ops", "site": "lyon-2"})
     );
 
+    // A healthy agent writes no health line (it does when it goes wrong:
+    // run::the_agent_health_is_published_each_period_and_names_a_broken_plugin).
+    assert!(of("health").is_empty(), "{stdout}");
+
     // `output.events: null` leaves only the report.
     let mut quiet: Value =
         serde_json::from_slice(&std::fs::read(&config).expect("config")).expect("JSON");
@@ -183,6 +187,7 @@ fn run_human_prints_one_readable_line_per_finding() {
             && l.contains(": 5 TCP ports (2024, 32987, 39229, 58369, 60853), 2 UDP ports")),
         "{stdout}"
     );
+    // A healthy agent prints no HEALTH line.
     assert_eq!(lines.len(), 4, "nothing else: {stdout}");
 }
 

@@ -175,7 +175,7 @@ impl DetectionConfig {
     }
 }
 
-fn check_topic(key: &str, topic: &str) -> Result<(), String> {
+pub(crate) fn check_topic(key: &str, topic: &str) -> Result<(), String> {
     if topic.is_empty() {
         return Err(format!("{key}: must not be empty"));
     }

@@ -604,6 +604,19 @@ fn cim_fields_of_events_the_agent_produced() {
                     _ => {}
                 }
             }
+            "edge:health" => {
+                expect("defender_edge_health", &[], &[]);
+                let state = values(&f, "health.state");
+                assert!(state == ["ok"] || state == ["degraded"], "{context}");
+                assert_eq!(
+                    values(&f, "health.version"),
+                    [env!("CARGO_PKG_VERSION")],
+                    "{context}"
+                );
+                // The status values by area: the samples `run` took.
+                assert!(f.contains_key("health.status.collect.samples"), "{context}");
+                mark("health");
+            }
             count if count.starts_with("aws:num-") => expect("defender_edge_counts", &[], &[]),
             _custom => {
                 expect("defender_edge_custom_metric", &[], &[]);
@@ -621,6 +634,7 @@ fn cim_fields_of_events_the_agent_produced() {
         "alarm",
         "clear",
         "custom metric",
+        "health",
     ] {
         assert!(seen.contains_key(what), "no event showed {what}: {seen:?}");
     }

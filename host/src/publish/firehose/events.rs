@@ -19,6 +19,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::health::{HEALTH_EVENT_NAME, Health};
 use crate::sample::{Alert, CustomMetricValue, ListeningPort, Sample};
 
 /// The `event.name` of an alert event.
@@ -306,6 +307,74 @@ pub fn events<'a>(
         out.push(envelope(ALERT_EVENT_NAME, None, Some((i, alert))));
     }
     out
+}
+
+/// The HEC `event` of a health event: the health beside `name`, `thing`
+/// and `timestamp`, and the event id under `edge` as every event has it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthBody<'a> {
+    /// [`crate::health::HEALTH_EVENT_NAME`].
+    pub name: &'static str,
+    pub thing: &'a str,
+    /// When the health was taken, milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    pub health: &'a Health,
+    pub edge: HealthEdge,
+}
+
+/// `edge` of a health event: its id, `<thing>/edge:health/<timestamp>`,
+/// unique per thing and health event and the same every time it is sent
+/// (health is taken on a schedule of its own, not with a report id).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthEdge {
+    pub event_id: String,
+}
+
+/// Appends the health event taken at `timestamp_ms` as one line, with the
+/// same envelope as the sample's events (`fields.metric` is `edge:health`).
+pub fn write_health(
+    health: &Health,
+    thing: &str,
+    timestamp_ms: u64,
+    options: &EventOptions,
+    out: &mut Vec<u8>,
+) {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        time: f64,
+        host: &'a str,
+        source: &'a str,
+        sourcetype: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<&'a str>,
+        fields: IndexedFields<'a>,
+        event: HealthBody<'a>,
+    }
+    let line = Line {
+        time: timestamp_ms as f64 / 1000.0,
+        host: thing,
+        source: &options.source,
+        sourcetype: &options.sourcetype,
+        index: options.index.as_deref(),
+        fields: IndexedFields {
+            thing,
+            metric: HEALTH_EVENT_NAME,
+            severity: None,
+            suppressed: None,
+        },
+        event: HealthBody {
+            name: HEALTH_EVENT_NAME,
+            thing,
+            timestamp: timestamp_ms,
+            health,
+            edge: HealthEdge {
+                event_id: format!("{thing}/{HEALTH_EVENT_NAME}/{timestamp_ms}"),
+            },
+        },
+    };
+    // As in HecEvent::write_line: plain structs and string-keyed maps.
+    serde_json::to_writer(&mut *out, &line).expect("health event serializes");
+    out.push(b'\n');
 }
 
 /// Appends the events of a sample to `out`, one line each, and returns how

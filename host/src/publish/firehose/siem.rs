@@ -8,6 +8,7 @@ use std::path::Path;
 use tracing::error;
 
 use super::FirehoseConfig;
+use crate::health::Health;
 use crate::sample::Sample;
 use crate::status::Status;
 
@@ -67,6 +68,18 @@ impl SiemSink {
         }
     }
 
+    /// Stores the health event taken at `at_ms`. A failure is logged and
+    /// counted; it never stops the caller.
+    pub async fn submit_health(&self, health: &Health, thing: &str, at_ms: u64) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        if let Err(error) = running.submit_health(health, thing, at_ms).await {
+            error!(%error, "cannot store the health event for Firehose");
+            self.status.add("firehose.submit_errors", 1);
+        }
+    }
+
     /// Sends what is waiting, for at most the configured shutdown timeout,
     /// and stops; the rest stays in the sink's outbox for the next start.
     pub async fn shutdown(self) {
@@ -106,6 +119,15 @@ impl Running {
         self.handle.submit(sample, id).await
     }
 
+    async fn submit_health(
+        &self,
+        health: &Health,
+        thing: &str,
+        at_ms: u64,
+    ) -> Result<(), super::FirehoseError> {
+        self.handle.submit_health(health, thing, at_ms).await
+    }
+
     async fn shutdown(self) {
         self.handle.shutdown().await;
         let _ = self.task.await;
@@ -132,6 +154,15 @@ impl Running {
     }
 
     async fn submit(&self, _sample: &Sample, _id: u64) -> Result<(), std::convert::Infallible> {
+        match *self {}
+    }
+
+    async fn submit_health(
+        &self,
+        _health: &Health,
+        _thing: &str,
+        _at_ms: u64,
+    ) -> Result<(), std::convert::Infallible> {
         match *self {}
     }
 

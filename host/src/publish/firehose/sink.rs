@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
 use crate::backoff::Backoff;
+use crate::health::Health;
 use crate::publish::aws::{self, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
 use crate::sample::Sample;
@@ -213,6 +214,41 @@ impl FirehoseHandle {
         );
         if count == 0 {
             return Ok(());
+        }
+        self.store(payload, count).await
+    }
+
+    /// Stores the health event taken at `timestamp_ms` (see
+    /// [`crate::health`]); as durable as the sample's events.
+    pub async fn submit_health(
+        &self,
+        health: &Health,
+        thing: &str,
+        timestamp_ms: u64,
+    ) -> Result<(), FirehoseError> {
+        let mut payload = Vec::with_capacity(2048);
+        events::write_health(
+            health,
+            thing,
+            timestamp_ms,
+            &self.shared.options,
+            &mut payload,
+        );
+        if payload.len() > records::MAX_RECORD_BYTES {
+            self.shared.status.add("firehose.events_oversized", 1);
+            error!(stream = %self.shared.stream, bytes = payload.len(), "health event exceeds Firehose's record limit and is dropped");
+            return Ok(());
+        }
+        self.store(payload, 1).await
+    }
+
+    /// Puts `count` encoded events in the outbox and wakes the worker.
+    async fn store(&self, payload: Vec<u8>, count: usize) -> Result<(), FirehoseError> {
+        let shared = &self.shared;
+        if *self.shutdown.borrow() {
+            return Err(FirehoseError::Stopped {
+                stream: shared.stream.clone(),
+            });
         }
         let outbox = shared.outbox.clone();
         let stored = tokio::task::spawn_blocking(move || lock(&outbox).push(&payload))
