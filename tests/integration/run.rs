@@ -870,3 +870,74 @@ fn the_agent_health_is_published_each_period_and_names_a_broken_plugin() {
         );
     }
 }
+
+/// Issue 19 item 5, end to end: a configuration update that removes a
+/// behavior with an open alarm closes that alarm with `invalidated` (its
+/// violation id, on the local topic; `alarm-invalidated` in Device
+/// Defender's shape), instead of leaving it open in every consumer.
+#[test]
+fn a_behavior_removed_by_a_configuration_update_closes_its_open_alarm() {
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let state = tempfile::tempdir().expect("state dir");
+    let nucleus = TestNucleus::start_with(
+        false,
+        json!({
+            "thingName": "edge-inv",
+            "stateDir": state.path(),
+            "output": {"ndjson": null},
+            "detection": {"intervalSeconds": "1", "perSample": ["*"],
+                "profiles": [support::rogue_listener_profile(port, 2)]}
+        }),
+    );
+    let mut run = Running::under(&nucleus, &[], &[]);
+    let events = |state: &str| -> Vec<Value> {
+        nucleus
+            .requests("PublishToTopic")
+            .iter()
+            .filter(|r| r["body"]["topic"] == "defender-edge/alarms")
+            .map(|r| {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(
+                        r["body"]["publishMessage"]["binaryMessage"]["message"]
+                            .as_str()
+                            .expect("binary message"),
+                    )
+                    .expect("base64");
+                serde_json::from_slice::<Value>(&bytes).expect("alarm JSON")
+            })
+            .filter(|a| a["state"] == state)
+            .collect()
+    };
+    let _listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    wait_nucleus("the alarm", &mut run, || !events("alarm").is_empty());
+    let alarm = events("alarm").remove(0);
+
+    // The deployment replaces the profile: the behavior is gone while the
+    // listener still violates it.
+    let mut other = support::rogue_listener_profile(port, 2);
+    other["behaviors"] = json!([{
+        "name": "FewConnections",
+        "metric": "aws:num-established-tcp-connections",
+        "criteria": {"comparisonOperator": "less-than", "value": {"count": 100000},
+            "consecutiveDatapointsToAlarm": 1, "consecutiveDatapointsToClear": 1}
+    }]);
+    nucleus.control(json!({"cmd": "config_update", "key_path": ["detection"],
+        "value": {"intervalSeconds": "1", "perSample": ["*"], "profiles": [other]}}));
+    wait_nucleus("the invalidation", &mut run, || {
+        !events("invalidated").is_empty()
+    });
+    let closed = events("invalidated").remove(0);
+    assert_eq!(closed["violation_id"], alarm["violation_id"], "{closed}");
+    assert_eq!(closed["behavior"], "RoguePortClosed", "{closed}");
+    assert!(
+        events("clear").is_empty(),
+        "closed as invalidated, not cleared"
+    );
+    assert_eq!(events("alarm").len(), 1, "{:?}", events("alarm"));
+
+    run.signal(libc::SIGTERM);
+    assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
+    nucleus.assert_no_violations();
+}
