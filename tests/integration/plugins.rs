@@ -838,8 +838,29 @@ mod cli {
         );
         assert!(format!("{:#}", result.unwrap_err()).contains("must start with a-z"));
 
-        guests(); // shares the guest target dir, so the SDK is already built
+        // The project carries its SDK: nothing in it points into this
+        // checkout, so it builds wherever it is copied (issue 13 item 2).
         let crate_dir = tmp.path().join("conn-limit");
+        let checkout = support::repo().display().to_string();
+        for entry in walk(&crate_dir) {
+            let text = std::fs::read_to_string(&entry).unwrap();
+            assert!(
+                !text.contains(&checkout),
+                "{} names {checkout}",
+                entry.display()
+            );
+        }
+        let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(r#"defender-plugin-sdk = { path = "sdk" }"#),
+            "{manifest}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(crate_dir.join("sdk/wit/plugin.wit")).unwrap(),
+            std::fs::read_to_string(support::repo().join("wit/plugin.wit")).unwrap(),
+            "the host's own interface"
+        );
+        guests(); // shares the guest target dir, so the dependencies are built
         let target_dir = guests().parent().unwrap().parent().unwrap();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let build = std::process::Command::new(cargo)
@@ -881,5 +902,19 @@ mod cli {
             out.contains("[medium] too-many-connections: 2 established connections"),
             "{out}"
         );
+    }
+
+    /// Every file under `dir`.
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
     }
 }

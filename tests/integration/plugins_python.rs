@@ -480,8 +480,16 @@ fn new_scaffolds_a_python_plugin_whose_tests_pass_in_plain_cpython() {
         build.contains(&format!("componentize-py=={COMPONENTIZE_PY_VERSION}")),
         "{build}"
     );
+    // The project carries its SDK (issue 13 item 2): build.sh finds it
+    // relatively, and the tests below import it from there.
+    assert!(
+        build.contains("SDK=\"${DEFENDER_PLUGIN_SDK:-sdk}\""),
+        "{build}"
+    );
+    assert!(root.join("sdk/defender_plugin/__init__.py").is_file());
     let tests = Command::new(root.join("build.sh"))
         .arg("test")
+        .env_remove("DEFENDER_PLUGIN_SDK")
         .output()
         .unwrap();
     assert!(

@@ -27,9 +27,11 @@ pub enum PluginCommand {
         /// The language to write the plugin in
         #[arg(long, value_enum, default_value = "rust")]
         lang: Lang,
-        /// The SDK (plugins/sdk or plugins/sdk-python in the defender-edge
-        /// source); defaults to the one this binary was built from, when it
-        /// still exists
+        /// Use the SDK in this folder (plugins/sdk or plugins/sdk-python of
+        /// a defender-edge checkout) by path, for work on the SDK itself.
+        /// Without it the project gets its own copy of the SDK this binary
+        /// carries, in `<name>/sdk`, for this host's interface version, and
+        /// builds anywhere
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -204,6 +206,88 @@ pub enum Lang {
     Python,
 }
 
+/// The Rust SDK as this binary carries it, written into a new project's
+/// `sdk/` folder (its Cargo.toml is made from the checkout's by
+/// [`standalone_sdk_manifest`]). The WIT is the host's own, so the plugin
+/// is built for the interface version this host loads.
+const RUST_SDK: [(&str, &str); 6] = [
+    (
+        "sdk/README.md",
+        include_str!("../../../plugins/sdk/README.md"),
+    ),
+    (
+        "sdk/src/lib.rs",
+        include_str!("../../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "sdk/src/types.rs",
+        include_str!("../../../plugins/sdk/src/types.rs"),
+    ),
+    (
+        "sdk/src/guest.rs",
+        include_str!("../../../plugins/sdk/src/guest.rs"),
+    ),
+    (
+        "sdk/src/log.rs",
+        include_str!("../../../plugins/sdk/src/log.rs"),
+    ),
+    (
+        "sdk/wit/plugin.wit",
+        include_str!("../../../wit/plugin.wit"),
+    ),
+];
+
+/// The Rust SDK's manifest in the checkout (workspace-inherited fields).
+const RUST_SDK_MANIFEST: &str = include_str!("../../../plugins/sdk/Cargo.toml");
+
+/// The Python SDK as this binary carries it, for a new project's `sdk/`.
+const PYTHON_SDK: [(&str, &str); 5] = [
+    (
+        "sdk/defender_plugin/__init__.py",
+        include_str!("../../../plugins/sdk-python/defender_plugin/__init__.py"),
+    ),
+    (
+        "sdk/defender_plugin/_export.py",
+        include_str!("../../../plugins/sdk-python/defender_plugin/_export.py"),
+    ),
+    (
+        "sdk/defender_plugin/_types.py",
+        include_str!("../../../plugins/sdk-python/defender_plugin/_types.py"),
+    ),
+    (
+        "sdk/defender_plugin/log.py",
+        include_str!("../../../plugins/sdk-python/defender_plugin/log.py"),
+    ),
+    (
+        "sdk/wit/plugin.wit",
+        include_str!("../../../wit/plugin.wit"),
+    ),
+];
+
+/// The SDK's Cargo.toml for a copy outside the defender-edge workspace:
+/// the workspace-inherited fields get this release's values (the workspace
+/// and the host share them), so the copy's version is the host's.
+fn standalone_sdk_manifest() -> String {
+    RUST_SDK_MANIFEST
+        .lines()
+        .map(|line| match line.trim() {
+            "version.workspace = true" => format!("version = \"{}\"", env!("CARGO_PKG_VERSION")),
+            "edition.workspace = true" => format!("edition = \"{SDK_EDITION}\""),
+            "rust-version.workspace = true" => {
+                format!("rust-version = \"{}\"", env!("CARGO_PKG_RUST_VERSION"))
+            }
+            "license.workspace = true" => format!("license = \"{}\"", env!("CARGO_PKG_LICENSE")),
+            _ => line.to_owned(),
+        })
+        .chain(std::iter::once(String::new()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The workspace's edition (Cargo.toml `[workspace.package]`); a test
+/// checks the two agree.
+const SDK_EDITION: &str = "2024";
+
 /// The componentize-py release the Python SDK is tested with.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
@@ -252,36 +336,34 @@ fn new(
             "plugin name {name:?} must start with a-z and use only a-z, 0-9 and -, at most 64 characters"
         );
     }
-    let (folder, marker, template, next) = match lang {
+    let (marker, template, carried, next) = match lang {
         Lang::Rust => (
-            "plugins/sdk",
             "Cargo.toml",
             &TEMPLATE[..],
+            &RUST_SDK[..],
             "cargo test && cargo build --target wasm32-wasip2 --release",
         ),
         Lang::Python => (
-            "plugins/sdk-python",
             "defender_plugin/__init__.py",
             &PYTHON_TEMPLATE[..],
+            &PYTHON_SDK[..],
             "./build.sh test && ./build.sh",
         ),
     };
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(folder);
+    // `--sdk` points at a checkout's SDK (absolute, for work on the SDK);
+    // otherwise the project carries its own copy, referred to relatively.
     let sdk = match sdk {
-        Some(p) => p.to_owned(),
-        None if built_from.join(marker).is_file() => built_from,
-        None => bail!(
-            "cannot find the plugin SDK: pass --sdk PATH (the {folder} folder of the defender-edge source)"
-        ),
+        Some(path) => {
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("--sdk {}", path.display()))?;
+            if !path.join(marker).is_file() {
+                bail!("--sdk {}: no {marker} there", path.display());
+            }
+            Some(path)
+        }
+        None => None,
     };
-    let sdk = sdk
-        .canonicalize()
-        .with_context(|| format!("--sdk {}", sdk.display()))?;
-    if !sdk.join(marker).is_file() {
-        bail!("--sdk {}: no {marker} there", sdk.display());
-    }
     let root = parent.join(name);
     if root.exists() {
         bail!("{} already exists", root.display());
@@ -295,7 +377,20 @@ fn new(
                 .unwrap_or_default()
         })
         .collect();
-    for &(rel, text) in template {
+    let sdk_path = sdk
+        .as_ref()
+        .map_or_else(|| "sdk".to_owned(), |p| p.display().to_string());
+    let mut files: Vec<(&str, String)> = template
+        .iter()
+        .map(|&(rel, text)| (rel, text.to_owned()))
+        .collect();
+    if sdk.is_none() {
+        files.extend(carried.iter().map(|&(rel, text)| (rel, text.to_owned())));
+        if lang == Lang::Rust {
+            files.push(("sdk/Cargo.toml", standalone_sdk_manifest()));
+        }
+    }
+    for (rel, text) in files {
         let path = root.join(rel);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -305,7 +400,7 @@ fn new(
             .replace("{{name}}", name)
             .replace("{{crate_name}}", &name.replace('-', "_"))
             .replace("{{type_name}}", &type_name)
-            .replace("{{sdk_path}}", &sdk.display().to_string())
+            .replace("{{sdk_path}}", &sdk_path)
             .replace("{{componentize_py}}", COMPONENTIZE_PY_VERSION);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         #[cfg(unix)]
@@ -315,7 +410,16 @@ fn new(
                 .with_context(|| format!("cannot make {} executable", path.display()))?;
         }
     }
-    writeln!(out, "created {} (SDK: {})", root.display(), sdk.display())?;
+    match &sdk {
+        Some(path) => writeln!(out, "created {} (SDK: {})", root.display(), path.display())?,
+        None => writeln!(
+            out,
+            "created {} (SDK {} in {}/sdk, interface {WIT_PACKAGE}@{WIT_VERSION})",
+            root.display(),
+            env!("CARGO_PKG_VERSION"),
+            root.display(),
+        )?,
+    }
     writeln!(out, "next: cd {} && {next}", root.display())?;
     Ok(())
 }
@@ -525,4 +629,25 @@ fn compile(dir: &Path, cache_dir: &Path, out: &mut dyn Write) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy's manifest stands alone, with the workspace's values.
+    #[test]
+    fn the_carried_sdk_manifest_inherits_nothing() {
+        let manifest = standalone_sdk_manifest();
+        assert!(!manifest.contains(".workspace"), "{manifest}");
+        assert!(
+            manifest.contains(&format!("version = \"{}\"", env!("CARGO_PKG_VERSION"))),
+            "{manifest}"
+        );
+        let workspace = include_str!("../../../Cargo.toml");
+        assert!(
+            workspace.contains(&format!("edition = \"{SDK_EDITION}\"")),
+            "SDK_EDITION must be the workspace's edition"
+        );
+    }
 }
