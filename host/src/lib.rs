@@ -10,6 +10,7 @@
 //! ARCHITECTURE.md for the invariants each module keeps.
 
 pub mod backoff;
+pub mod changes;
 pub mod collect;
 pub mod config;
 pub mod detect;

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::changes::{Change, ChangeTracker};
 use crate::collect::{Collected, Collector, Counters};
 use crate::config::Config;
 use crate::detect::{AlarmEvent, Detector};
@@ -65,6 +66,9 @@ pub struct Pipeline {
     network_saves: Throttle,
     /// A report closed the network window since the last save.
     window_closed: bool,
+    /// `run`'s change events (listeners, destinations); `None` for
+    /// `collect`.
+    changes: Option<ChangeTracker>,
 }
 
 /// What one [`Pipeline::step`] made of a sample.
@@ -73,6 +77,9 @@ pub struct Tick {
     /// Alarms and clears of local detection: device metrics first, then
     /// custom metrics. Also appended to the sample's alerts.
     pub alarms: Vec<AlarmEvent>,
+    /// What changed since the previous sample that the plugins passed on
+    /// (`run` only; [`crate::changes`]).
+    pub changes: Vec<Change>,
     pub outcome: Outcome,
 }
 
@@ -137,7 +144,6 @@ impl Pipeline {
         Ok(Pipeline {
             collector: Collector::new(&config.collect),
             thing,
-            state,
             status,
             detector,
             plugins,
@@ -147,6 +153,8 @@ impl Pipeline {
             report_budget: config.report.max_bytes,
             network_saves: Throttle::new(config.state_write_seconds),
             window_closed: false,
+            changes: (window == Window::SinceLastReport).then(|| ChangeTracker::load(&state)),
+            state,
         })
     }
 
@@ -213,6 +221,7 @@ impl Pipeline {
         self.status.add("collect.samples", 1);
         self.network
             .absorb(collected.counters, collected.sample.network_stats);
+        let owners = collected.owners;
         let mut sample = collected.sample;
 
         let mut alarms = self.detector.evaluate_device(&sample, now_ms, report_due);
@@ -224,15 +233,21 @@ impl Pipeline {
             Processed::Held { plugin, reason } => {
                 return Ok(Tick {
                     alarms,
+                    changes: Vec::new(),
                     outcome: Outcome::Held { plugin, reason },
                 });
             }
             Processed::Dropped { plugin } => {
                 return Ok(Tick {
                     alarms,
+                    changes: Vec::new(),
                     outcome: Outcome::Dropped { plugin },
                 });
             }
+        };
+        let changes = match &mut self.changes {
+            Some(tracker) => tracker.observe(&sample, owners.as_ref()),
+            None => Vec::new(),
         };
         let custom = self.detector.evaluate_custom(&sample, now_ms, report_due);
         sample
@@ -249,6 +264,7 @@ impl Pipeline {
             };
             return Ok(Tick {
                 alarms,
+                changes,
                 outcome: Outcome::Passed(Box::new(Passed {
                     sample,
                     id,
@@ -277,6 +293,7 @@ impl Pipeline {
         }
         Ok(Tick {
             alarms,
+            changes,
             outcome: Outcome::Passed(Box::new(Passed {
                 sample,
                 id: Some(id),
@@ -316,6 +333,7 @@ impl Pipeline {
                     tracing::warn!(%error, "cannot save the detection statistics");
                 }
                 if self.window_closed || self.network_saves.due(now_ms) {
+                    self.save_changes();
                     self.save_network(now_ms);
                 }
             }
@@ -329,7 +347,18 @@ impl Pipeline {
             if let Err(error) = self.detector.save(now_ms, true) {
                 tracing::warn!(%error, "cannot save the detection statistics");
             }
+            self.save_changes();
             self.save_network(now_ms);
+        }
+    }
+
+    /// Writes what the change events have seen, when it changed; a failure
+    /// costs repeated change events after a restart, never a sample.
+    fn save_changes(&mut self) {
+        if let Some(tracker) = &mut self.changes
+            && let Err(error) = tracker.save(&self.state)
+        {
+            tracing::warn!(%error, "cannot save the change events' history");
         }
     }
 

@@ -522,6 +522,34 @@ impl Session {
         }
     }
 
+    /// Change events: to the event output (one line each) and to Firehose.
+    /// Nothing here can stop the session.
+    async fn deliver_changes(&mut self, changes: &[crate::changes::Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        self.status.add("changes.events", changes.len() as u64);
+        for change in changes {
+            let mut fields = serde_json::json!({"thing": self.thing, "timestamp_ms": now});
+            if let (Some(map), Ok(serde_json::Value::Object(more))) =
+                (fields.as_object_mut(), serde_json::to_value(change))
+            {
+                map.extend(more);
+            }
+            let line = Event {
+                kind: "change",
+                timestamp_ms: now,
+                fields,
+                human: change.human(),
+            };
+            if let Err(error) = self.output.event(line) {
+                warn!(%error, "cannot write a change event");
+            }
+        }
+        self.siem.submit_changes(changes, &self.thing, now).await;
+    }
+
     /// One pipeline step, then its outputs handed on; returns whether this
     /// was a report tick.
     async fn tick(&mut self, report_due: bool) -> anyhow::Result<bool> {
@@ -557,6 +585,7 @@ impl Session {
                 human: alarm.human(),
             })?;
         }
+        self.deliver_changes(&tick.changes).await;
         let Passed { sample, id, report } = match tick.outcome {
             Outcome::Passed(passed) => *passed,
             Outcome::Held { plugin, reason } => {

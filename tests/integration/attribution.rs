@@ -873,3 +873,96 @@ fn refuse_netlink(command: &mut Command) {
         });
     }
 }
+
+/// Issue 15 §2, end to end: `run` announces a listener a real process opens
+/// (as `nobody`) with that process, and its closing with the same process,
+/// as `change` lines of its event output; the device as it was at start is
+/// the baseline and announces nothing.
+#[test]
+fn run_announces_a_new_listener_and_its_closing_with_the_process() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let events = dir.path().join("events.ndjson");
+    let config = dir.path().join("config.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "thingName": "edge-changes",
+            "stateDir": state,
+            "output": {"ndjson": null, "events": events},
+            "report": {"intervalSeconds": 1},
+            "publish": {"transport": "none", "deviceDefender": {"minIntervalSeconds": 1}}
+        })
+        .to_string(),
+    )
+    .expect("config");
+    struct Run(Child);
+    impl Drop for Run {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut run = Run(Command::new(support::bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT")
+        .env_remove("SVCUID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start run"));
+    let changes = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .filter(|l: &serde_json::Value| l["type"] == "change")
+            .collect()
+    };
+    let wait = |what: &str, check: &dyn Fn() -> bool| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < until,
+                "no {what}: {:?}",
+                changes()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    // The first report saved the baseline.
+    wait("baseline", &|| state.join("changes.json").exists());
+    assert!(changes().is_empty(), "the baseline announces nothing");
+
+    let cwd = open_tempdir();
+    let holder = Holder::start(cwd.path(), None);
+    let (pid, tcp) = (holder.pid, holder.tcp);
+    let about = |kind: &str| {
+        changes()
+            .into_iter()
+            .find(|c| c["kind"] == kind && c["transport"] == "tcp" && c["port"] == u64::from(tcp))
+    };
+    wait("the opened listener", &|| {
+        about("listener-opened").is_some()
+    });
+    let opened = about("listener-opened").expect("opened");
+    let process = format!("(pid {pid}) as nobody");
+    assert!(
+        opened["processes"].to_string().contains(&process),
+        "{opened}"
+    );
+    assert_eq!(opened["thing"], "edge-changes");
+    assert_eq!(opened["interface"], "lo", "{opened}");
+
+    drop(holder);
+    wait("the closed listener", &|| {
+        about("listener-closed").is_some()
+    });
+    let closed = about("listener-closed").expect("closed");
+    assert!(
+        closed["processes"].to_string().contains(&process),
+        "the closing names who held it: {closed}"
+    );
+    let _ = run.0.kill();
+}

@@ -604,6 +604,25 @@ fn cim_fields_of_events_the_agent_produced() {
                     _ => {}
                 }
             }
+            "edge:change" => {
+                expect("defender_edge_change", &[], &[]);
+                let change = &event["change"];
+                let kind = change["kind"].as_str().unwrap();
+                assert!(
+                    [
+                        "listener-opened",
+                        "listener-closed",
+                        "destination-first-seen"
+                    ]
+                    .contains(&kind),
+                    "{context}"
+                );
+                assert_eq!(values(&f, "change.kind"), [kind], "{context}");
+                // The second run finds the test's listener gone.
+                if kind == "listener-closed" && change["port"] == tcp_port {
+                    mark("change");
+                }
+            }
             "edge:health" => {
                 expect("defender_edge_health", &[], &[]);
                 let state = values(&f, "health.state");
@@ -635,6 +654,7 @@ fn cim_fields_of_events_the_agent_produced() {
         "clear",
         "custom metric",
         "health",
+        "change",
     ] {
         assert!(seen.contains_key(what), "no event showed {what}: {seen:?}");
     }

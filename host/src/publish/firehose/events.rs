@@ -19,6 +19,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::changes::{CHANGE_EVENT_NAME, Change};
 use crate::health::{HEALTH_EVENT_NAME, Health};
 use crate::sample::{Alert, CustomMetricValue, ListeningPort, Sample};
 
@@ -322,9 +323,10 @@ pub struct HealthBody<'a> {
     pub edge: HealthEdge,
 }
 
-/// `edge` of a health event: its id, `<thing>/edge:health/<timestamp>`,
-/// unique per thing and health event and the same every time it is sent
-/// (health is taken on a schedule of its own, not with a report id).
+/// `edge` of a health or change event: its id
+/// (`<thing>/edge:health/<timestamp>`, `<thing>/edge:change/<timestamp>/<n>`),
+/// unique per thing and event and the same every time it is sent (neither
+/// is tied to a report id).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HealthEdge {
     pub event_id: String,
@@ -375,6 +377,63 @@ pub fn write_health(
     // As in HecEvent::write_line: plain structs and string-keyed maps.
     serde_json::to_writer(&mut *out, &line).expect("health event serializes");
     out.push(b'\n');
+}
+
+/// Appends the change events of one sample taken at `timestamp_ms` as one
+/// line each, with the same envelope as the sample's events (`fields.metric`
+/// is `edge:change`); the n-th has the id `<thing>/edge:change/<timestamp>/<n>`.
+pub fn write_changes(
+    changes: &[Change],
+    thing: &str,
+    timestamp_ms: u64,
+    options: &EventOptions,
+    out: &mut Vec<u8>,
+) {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        name: &'static str,
+        thing: &'a str,
+        timestamp: u64,
+        change: &'a Change,
+        edge: HealthEdge,
+    }
+    #[derive(Serialize)]
+    struct Line<'a> {
+        time: f64,
+        host: &'a str,
+        source: &'a str,
+        sourcetype: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        index: Option<&'a str>,
+        fields: IndexedFields<'a>,
+        event: Body<'a>,
+    }
+    for (n, change) in changes.iter().enumerate() {
+        let line = Line {
+            time: timestamp_ms as f64 / 1000.0,
+            host: thing,
+            source: &options.source,
+            sourcetype: &options.sourcetype,
+            index: options.index.as_deref(),
+            fields: IndexedFields {
+                thing,
+                metric: CHANGE_EVENT_NAME,
+                severity: None,
+                suppressed: None,
+            },
+            event: Body {
+                name: CHANGE_EVENT_NAME,
+                thing,
+                timestamp: timestamp_ms,
+                change,
+                edge: HealthEdge {
+                    event_id: format!("{thing}/{CHANGE_EVENT_NAME}/{timestamp_ms}/{n}"),
+                },
+            },
+        };
+        serde_json::to_writer(&mut *out, &line).expect("change event serializes");
+        out.push(b'\n');
+    }
 }
 
 /// Appends the events of a sample to `out`, one line each, and returns how

@@ -8,6 +8,7 @@ use std::path::Path;
 use tracing::error;
 
 use super::FirehoseConfig;
+use crate::changes::Change;
 use crate::health::Health;
 use crate::sample::Sample;
 use crate::status::Status;
@@ -80,6 +81,21 @@ impl SiemSink {
         }
     }
 
+    /// Stores the change events of one sample. A failure is logged and
+    /// counted; it never stops the caller.
+    pub async fn submit_changes(&self, changes: &[Change], thing: &str, at_ms: u64) {
+        let Some(running) = &self.running else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(error) = running.submit_changes(changes, thing, at_ms).await {
+            error!(%error, "cannot store change events for Firehose");
+            self.status.add("firehose.submit_errors", 1);
+        }
+    }
+
     /// Sends what is waiting, for at most the configured shutdown timeout,
     /// and stops; the rest stays in the sink's outbox for the next start.
     pub async fn shutdown(self) {
@@ -128,6 +144,15 @@ impl Running {
         self.handle.submit_health(health, thing, at_ms).await
     }
 
+    async fn submit_changes(
+        &self,
+        changes: &[Change],
+        thing: &str,
+        at_ms: u64,
+    ) -> Result<(), super::FirehoseError> {
+        self.handle.submit_changes(changes, thing, at_ms).await
+    }
+
     async fn shutdown(self) {
         self.handle.shutdown().await;
         let _ = self.task.await;
@@ -160,6 +185,15 @@ impl Running {
     async fn submit_health(
         &self,
         _health: &Health,
+        _thing: &str,
+        _at_ms: u64,
+    ) -> Result<(), std::convert::Infallible> {
+        match *self {}
+    }
+
+    async fn submit_changes(
+        &self,
+        _changes: &[Change],
         _thing: &str,
         _at_ms: u64,
     ) -> Result<(), std::convert::Infallible> {

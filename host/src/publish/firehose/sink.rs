@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::records::{self, RecordPacker};
 use super::{EventOptions, FirehoseConfig, events};
 use crate::backoff::Backoff;
+use crate::changes::Change;
 use crate::health::Health;
 use crate::publish::aws::{self, error_chain, lock};
 use crate::publish::outbox::{EntryId, Outbox};
@@ -240,6 +241,25 @@ impl FirehoseHandle {
             return Ok(());
         }
         self.store(payload, 1).await
+    }
+
+    /// Stores the change events of one sample (see [`crate::changes`]); as
+    /// durable as the sample's events.
+    pub async fn submit_changes(
+        &self,
+        changes: &[Change],
+        thing: &str,
+        timestamp_ms: u64,
+    ) -> Result<(), FirehoseError> {
+        let mut payload = Vec::with_capacity(512 * changes.len());
+        events::write_changes(
+            changes,
+            thing,
+            timestamp_ms,
+            &self.shared.options,
+            &mut payload,
+        );
+        self.store(payload, changes.len()).await
     }
 
     /// Puts `count` encoded events in the outbox and wakes the worker.
