@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::detect::{AlarmEvent, AlarmState};
 use crate::sample::{Owners, Sample, SocketOwner};
 use crate::state::{StateDir, StateError};
 
@@ -270,6 +271,68 @@ fn listener(kind: ChangeKind, key: &ListenerKey, processes: Vec<String>) -> Chan
         address: None,
         processes,
     }
+}
+
+/// Names the processes behind an alarm of listening ports or destination
+/// addresses: for each offending port or address, who holds it in `sample`
+/// ([`AlarmEvent::processes`]). Other alarms, clears and invalidations are
+/// left as they are.
+pub fn name_processes(alarm: &mut AlarmEvent, sample: &Sample, owners: &Owners) {
+    if alarm.state != AlarmState::Alarm {
+        return;
+    }
+    let Some(offending) = &alarm.offending else {
+        return;
+    };
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    match alarm.metric.as_str() {
+        metric @ ("aws:listening-tcp-ports" | "aws:listening-udp-ports") => {
+            let tcp = metric == "aws:listening-tcp-ports";
+            let (transport, listed) = match tcp {
+                true => ("tcp", &sample.listening_tcp_ports),
+                false => ("udp", &sample.listening_udp_ports),
+            };
+            let ports = offending["ports"].as_array().into_iter().flatten();
+            for port in ports.filter_map(serde_json::Value::as_u64) {
+                for entry in listed.iter().filter(|e| u64::from(e.port) == port) {
+                    let rows = match tcp {
+                        true => owners.tcp_port(entry),
+                        false => owners.udp_port(entry),
+                    };
+                    if let Some(rows) = rows {
+                        found
+                            .entry(format!("{transport}/{port}"))
+                            .or_default()
+                            .extend(describe(Some(owners), rows));
+                    }
+                }
+            }
+        }
+        "aws:destination-ip-addresses" => {
+            let cidrs = offending["cidrs"].as_array().into_iter().flatten();
+            for cidr in cidrs.filter_map(serde_json::Value::as_str) {
+                let address = cidr.split('/').next().unwrap_or(cidr);
+                for connection in sample
+                    .established_connections
+                    .iter()
+                    .filter(|c| c.remote_addr.ip().to_string() == address)
+                {
+                    if let Some(rows) = owners.connection(connection) {
+                        found
+                            .entry(address.to_owned())
+                            .or_default()
+                            .extend(describe(Some(owners), rows));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    for who in found.values_mut() {
+        who.sort();
+        who.dedup();
+    }
+    alarm.processes = found;
 }
 
 /// One line per owner of a socket.

@@ -225,6 +225,11 @@ impl Pipeline {
         let mut sample = collected.sample;
 
         let mut alarms = self.detector.evaluate_device(&sample, now_ms, report_due);
+        if let Some(owners) = &owners {
+            for alarm in &mut alarms {
+                crate::changes::name_processes(alarm, &sample, owners);
+            }
+        }
         sample
             .alerts
             .extend(alarms.iter().map(AlarmEvent::to_alert));

@@ -535,6 +535,14 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
         alarm["offending"].to_string().contains(&port.to_string()),
         "the alarm names the port: {alarm}"
     );
+    // ... and who holds it: this test's own process (issue 15 §3).
+    let holder = format!("(pid {}) as root", std::process::id());
+    assert!(
+        alarm["processes"][format!("tcp/{port}")]
+            .to_string()
+            .contains(&holder),
+        "the alarm names the process: {alarm}"
+    );
     wait_nucleus("the alarm on the IoT topic", &mut run, || {
         nucleus
             .requests("PublishToIoTCore")
@@ -745,6 +753,14 @@ fn an_alarm_becomes_a_security_hub_finding_and_its_clear_archives_it() {
         active["Resources"][0]["Details"]["Other"]["OffendingValues"]
             .as_str()
             .is_some_and(|v| v.contains(&port.to_string())),
+        "{active}"
+    );
+    // The process behind the port, in the finding's details.
+    assert!(
+        active["Resources"][0]["Details"]["Other"]["Processes"]
+            .as_str()
+            .is_some_and(|v| v.contains(&format!("tcp/{port}: "))
+                && v.contains(&format!("(pid {})", std::process::id()))),
         "{active}"
     );
 

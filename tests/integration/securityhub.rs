@@ -152,6 +152,7 @@ fn alarm(thing: &str, n: u64, start_ms: u64) -> AlarmEvent {
         violation_start_ms: start_ms,
         timestamp_ms: start_ms,
         suppress_alerts: false,
+        processes: Default::default(),
     }
 }
 

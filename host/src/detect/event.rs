@@ -124,6 +124,12 @@ pub struct AlarmEvent {
     pub timestamp_ms: u64,
     /// The behavior's `suppressAlerts`: consumers that page people may skip it.
     pub suppress_alerts: bool,
+    /// Who holds what broke the criteria, for alarms of listening ports and
+    /// destination addresses when process attribution sees it:
+    /// `tcp/2121` or the address → one line per process
+    /// (`/usr/sbin/vsftpd (pid 812) as root, unit vsftpd.service`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub processes: BTreeMap<String, Vec<String>>,
 }
 
 impl AlarmEvent {
@@ -159,6 +165,9 @@ impl AlarmEvent {
         if self.suppress_alerts {
             attributes.insert(SUPPRESS_ALERTS_ATTRIBUTE.to_owned(), "true".to_owned());
         }
+        if !self.processes.is_empty() {
+            attributes.insert("processes".to_owned(), self.processes_text());
+        }
         Alert {
             source: AlertOrigin::Detection {
                 profile: &self.profile,
@@ -185,12 +194,29 @@ impl AlarmEvent {
                 "CLEAR {who} (alarm since {} UTC)",
                 crate::output::clock(self.violation_start_ms)
             ),
-            AlarmState::Alarm => format!("ALARM {who} {}", self.finding()),
+            AlarmState::Alarm if self.processes.is_empty() => {
+                format!("ALARM {who} {}", self.finding())
+            }
+            AlarmState::Alarm => format!(
+                "ALARM {who} {} by {}",
+                self.finding(),
+                self.processes_text()
+            ),
             AlarmState::Invalidated => format!(
                 "INVALIDATED {who} (alarm since {} UTC; its behavior can no longer be judged)",
                 crate::output::clock(self.violation_start_ms)
             ),
         }
+    }
+
+    /// The processes as one text:
+    /// `tcp/2121: /usr/sbin/vsftpd (pid 812) as root; udp/69: ...`.
+    pub fn processes_text(&self) -> String {
+        self.processes
+            .iter()
+            .map(|(what, who)| format!("{what}: {}", who.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// `<profile>/<behavior>`.
@@ -294,6 +320,7 @@ mod tests {
             violation_start_ms: 1_000,
             timestamp_ms: 1_000,
             suppress_alerts,
+            processes: BTreeMap::new(),
         }
     }
 

@@ -682,6 +682,7 @@ impl Detector {
                 violation_start_ms: violation.since_ms,
                 timestamp_ms: now_ms,
                 suppress_alerts: entry.suppress_alerts,
+                processes: BTreeMap::new(),
             });
             // The state file must forget the violation even if nothing else
             // changes.
@@ -774,6 +775,7 @@ impl Detector {
             violation_start_ms: violation.since_ms,
             timestamp_ms: now_ms,
             suppress_alerts: b.suppress_alerts,
+            processes: BTreeMap::new(),
         });
     }
 
@@ -850,6 +852,7 @@ impl Detector {
             violation_start_ms: violation.since_ms,
             timestamp_ms: now_ms,
             suppress_alerts: b.suppress_alerts,
+            processes: BTreeMap::new(),
         });
     }
 }

@@ -244,6 +244,9 @@ impl Finding {
         if let Some(threshold) = event.threshold {
             details.insert("Threshold".to_owned(), threshold.to_string());
         }
+        if !event.processes.is_empty() {
+            details.insert("Processes".to_owned(), event.processes_text());
+        }
         for value in details.values_mut() {
             truncate(value, MAX_DETAIL);
         }
@@ -380,6 +383,7 @@ mod tests {
             violation_start_ms: 1_767_225_600_123,
             timestamp_ms: 1_767_225_600_123,
             suppress_alerts: false,
+            processes: BTreeMap::new(),
         }
     }
 
