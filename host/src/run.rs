@@ -381,10 +381,17 @@ impl Session {
         info!(%thing, transport = ?kind, report_interval_s = report_every.as_secs(), sample_interval_s = tick_every.as_secs_f64(), "defender-edge running");
         Ok(Session {
             alarms: AlarmTopics {
-                topic: crate::detect::alarm_topic(&config.detection, &thing),
+                queue: match &transport {
+                    Some(transport) => start_alarm_queue(
+                        transport.clone(),
+                        crate::detect::alarm_topic(&config.detection, &thing),
+                        &state,
+                        &status,
+                    ),
+                    None => None,
+                },
                 format: config.detection.alarm_format,
                 local_topic: config.detection.local_topic.clone(),
-                transport: transport.clone(),
                 ipc: ipc.cloned(),
                 status: status.clone(),
             },
@@ -651,6 +658,9 @@ impl Session {
         }
         self.siem.shutdown().await;
         self.findings.shutdown().await;
+        if let Some(queue) = self.alarms.queue.take() {
+            queue.shutdown().await;
+        }
         if let Some(transport) = self.transport.take()
             && let AnyTransport::Mqtt(mqtt) = &*transport
         {
@@ -669,11 +679,12 @@ impl Session {
 /// Where alarm events go: the IoT topic over the transport and the
 /// Greengrass local topic.
 struct AlarmTopics {
-    topic: String,
-    /// The shape of the events on `topic` (`detection.alarmFormat`).
+    /// The durable path to the IoT alarm topic (`detection.alarmTopic`);
+    /// `None` without a transport.
+    queue: Option<crate::publish::alarms::AlarmQueue>,
+    /// The shape of the events on the alarm topic (`detection.alarmFormat`).
     format: crate::detect::AlarmFormat,
     local_topic: String,
-    transport: Option<Arc<AnyTransport>>,
     ipc: Option<IpcClient>,
     status: Status,
 }
@@ -689,15 +700,8 @@ impl AlarmTopics {
             if on_topic.is_none() {
                 self.status.add("detect.alarms_suppressed", 1);
             }
-            if let (Some(transport), Some(payload)) = (&self.transport, on_topic) {
-                publish_in_background(
-                    transport,
-                    &self.topic,
-                    payload,
-                    &self.status,
-                    ("detect.alarms_published", "detect.alarm_publish_errors"),
-                    "cannot publish an alarm event",
-                );
+            if let (Some(queue), Some(payload)) = (&self.queue, on_topic) {
+                queue.push(&payload);
             }
             if let Some(ipc) = &self.ipc {
                 let ipc = ipc.clone();
@@ -713,6 +717,31 @@ impl AlarmTopics {
                     }
                 });
             }
+        }
+    }
+}
+
+/// Opens the alarm outbox and starts its worker; an outbox that cannot be
+/// opened (a read-only state directory) is logged, and the alarm topic then
+/// gets nothing while the local topic and the SIEM path still do.
+fn start_alarm_queue(
+    transport: Arc<AnyTransport>,
+    topic: String,
+    state: &StateDir,
+    status: &Status,
+) -> Option<crate::publish::alarms::AlarmQueue> {
+    use crate::publish::alarms::{AlarmQueue, LIMITS, OUTBOX_DIR};
+    match Outbox::open(
+        &state.path().join(OUTBOX_DIR),
+        LIMITS,
+        "detect.alarm_outbox",
+        status.clone(),
+    ) {
+        Ok(outbox) => Some(AlarmQueue::start(transport, topic, outbox, status.clone())),
+        Err(error) => {
+            error!(%error, "cannot open the alarm outbox; alarm events do not reach the IoT topic");
+            status.set_text("detect.alarm_outbox.storage", "not opened");
+            None
         }
     }
 }

@@ -957,3 +957,53 @@ fn a_behavior_removed_by_a_configuration_update_closes_its_open_alarm() {
     assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
     nucleus.assert_no_violations();
 }
+
+/// Issue 15 §3: an alarm raised while the broker is down is not lost: it
+/// waits in the alarm outbox and reaches the IoT alarm topic once the broker
+/// is back (it used to be one QoS 1 attempt, reaching only the SIEM path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_raised_while_the_broker_is_down_reaches_the_topic_when_it_is_back() {
+    let pki = Pki::new();
+    let mut broker = Broker::start(&pki, true);
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    let port = probe.local_addr().expect("addr").port();
+    drop(probe);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = json!({
+        "thingName": "edge-durable",
+        "stateDir": dir.path().join("state"),
+        "output": {"ndjson": null},
+        "detection": {"intervalSeconds": 1, "perSample": ["*"],
+            "profiles": [support::rogue_listener_profile(port, 1)]},
+        "publish": {
+            "transport": "mqtt",
+            "mqtt": serde_json::to_value(pki.mqtt(broker.port, "device", "ca")).expect("mqtt")
+        }
+    });
+    let config_path = dir.path().join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    // A persistent session: the observer gets what was published while it
+    // was away with the broker.
+    let mut observer =
+        Observer::start(&pki, broker.port, "defender-edge/edge-durable/alarms").await;
+    let mut run = Running::start(
+        &["--config", config_path.to_str().expect("utf-8 path")],
+        &[],
+        dir.path().join("run.log"),
+    );
+    run.wait_for("the pipeline", Duration::from_secs(20), |log| {
+        log.contains("defender-edge running")
+    });
+    broker.stop();
+    let _listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
+    run.wait_for("the alarm, not published", Duration::from_secs(20), |log| {
+        log.contains("RoguePortClosed") && log.contains("they wait in the alarm outbox")
+    });
+    broker.restart();
+    let (_, payload, _) = observer.expect_next("the alarm after the outage").await;
+    let alarm: Value = serde_json::from_slice(&payload).expect("alarm JSON");
+    assert_eq!(alarm["state"], "alarm", "{alarm}");
+    assert_eq!(alarm["behavior"], "RoguePortClosed", "{alarm}");
+    run.signal(libc::SIGTERM);
+    assert!(run.wait().success(), "{}", run.log());
+}

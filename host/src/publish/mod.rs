@@ -5,6 +5,7 @@
 //! acknowledgement, and subscribe. The Device Defender protocol and the durable
 //! outbox sit above them and know nothing of sockets.
 
+pub mod alarms;
 #[cfg(any(feature = "firehose", feature = "securityhub"))]
 mod aws;
 pub mod defender;
