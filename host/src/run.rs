@@ -277,7 +277,7 @@ impl Session {
         status: Status,
         human: bool,
     ) -> anyhow::Result<Session> {
-        let state = StateDir::open(&config.state_dir)?;
+        let state = StateDir::open(&config.state_dir)?.counting_in(&status);
         // Loading compiles and instantiates plugins, and wasmtime-wasi
         // drives its own futures to completion there: it must run where
         // blocking is allowed, not on an async worker.
@@ -528,7 +528,7 @@ impl Session {
         // Plugins are synchronous and bounded by their budgets: the step
         // runs where blocking is allowed.
         let pipeline = &mut self.pipeline;
-        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
+        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due));
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
         self.findings.submit(&tick.alarms).await;
