@@ -67,14 +67,17 @@ impl Target {
                 .write_all(line)
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.flush())
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+                }),
         }
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
         if let Target::File { path, file } = self {
-            file.flush()
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            file.flush().map_err(|e| {
+                anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+            })?;
         }
         Ok(())
     }
