@@ -676,8 +676,14 @@ impl Session {
                 return Ok(report_due);
             }
         };
-        let outcome = self.output.sample_events(&sample);
-        Session::written(&mut self.event_writes, &self.status, outcome);
+        // A sample with nothing to show writes nothing, which says nothing
+        // about the disk.
+        match self.output.sample_events(&sample) {
+            Ok(0) => {}
+            outcome => {
+                Session::written(&mut self.event_writes, &self.status, outcome.map(|_| ()));
+            }
+        }
         if let Some(id) = id {
             self.siem.submit(&sample, id, report.is_some()).await;
         }
@@ -820,8 +826,11 @@ impl Session {
             mqtt.shutdown().await;
         }
         self.pipeline.finish(now_ms());
-        let outcome = self.output.flush();
-        Session::written(&mut self.report_writes, &self.status, outcome);
+        // A flush with nothing buffered says nothing about the disk: only its
+        // failure is noted.
+        if let Err(error) = self.output.flush() {
+            Session::written(&mut self.report_writes, &self.status, Err(error));
+        }
         if let Err(error) = self.status.write(self.state.path(), now_ms()) {
             self.status_file_writes
                 .failed(&self.status, &error, Some(&error));
