@@ -67,14 +67,17 @@ impl Target {
                 .write_all(line)
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.flush())
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display())),
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+                }),
         }
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
         if let Target::File { path, file } = self {
-            file.flush()
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            file.flush().map_err(|e| {
+                anyhow::Error::new(e).context(format!("cannot write {}", path.display()))
+            })?;
         }
         Ok(())
     }
@@ -151,11 +154,13 @@ impl Output {
 
     /// Writes the plugin alerts of a sample (detection's own alerts are
     /// written as alarms), and its annotations when they changed since the
-    /// last ones written.
-    pub fn sample_events(&mut self, sample: &Sample) -> anyhow::Result<()> {
+    /// last ones written. Returns how many lines were written, so the
+    /// caller can tell a write that worked from no write at all.
+    pub fn sample_events(&mut self, sample: &Sample) -> anyhow::Result<usize> {
         if matches!(self.events, Target::None) {
-            return Ok(());
+            return Ok(0);
         }
+        let mut written = 0;
         for alert in sample.alerts.iter().filter(|a| !a.origin().is_detection()) {
             let mut fields = json!({"thing": sample.thing, "timestamp_ms": sample.timestamp_ms});
             if let (Value::Object(fields), Ok(Value::Object(alert))) =
@@ -175,6 +180,7 @@ impl Output {
                     alert.message
                 ),
             })?;
+            written += 1;
         }
         if sample.annotations != self.annotations {
             self.annotations = sample.annotations.clone();
@@ -196,8 +202,9 @@ impl Output {
                     false => format!("NOTE annotations: {}", shown.join(", ")),
                 },
             })?;
+            written += 1;
         }
-        Ok(())
+        Ok(written)
     }
 
     pub fn flush(&mut self) -> anyhow::Result<()> {

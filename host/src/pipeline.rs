@@ -23,8 +23,9 @@ use crate::detect::{AlarmEvent, Detector};
 use crate::plugin::{PluginHost, Processed};
 use crate::report::{self, Format, Prepared, ValidationError};
 use crate::sample::{NetworkStats, Sample};
-use crate::state::{StateDir, StateError};
+use crate::state::StateDir;
 use crate::status::Status;
+use crate::status::StorageWatch;
 
 /// The state file holding `collect`'s network baseline. `run` keeps its own
 /// (see [`RUN_NETWORK_STATE`]), so a `collect` by hand never shifts the
@@ -69,6 +70,12 @@ pub struct Pipeline {
     /// `run`'s change events (listeners, destinations); `None` for
     /// `collect`.
     changes: Option<ChangeTracker>,
+    changes_writes: StorageWatch,
+    /// Whether `net-run.json` and `detect-state.json` could be written, said
+    /// once per change (a full or read-only disk costs a delta or a baseline
+    /// after a restart, never a sample).
+    network_writes: StorageWatch,
+    detection_writes: StorageWatch,
 }
 
 /// What one [`Pipeline::step`] made of a sample.
@@ -153,6 +160,21 @@ impl Pipeline {
             report_budget: config.report.max_bytes,
             network_saves: Throttle::new(config.state_write_seconds),
             window_closed: false,
+            network_writes: StorageWatch::new(
+                "state.network",
+                "net-run.json",
+                "the traffic owed is kept in memory; a restart now would lose it",
+            ),
+            detection_writes: StorageWatch::new(
+                "detect.state_file",
+                "detect-state.json",
+                "the learned baselines are kept in memory; a restart now would lose them",
+            ),
+            changes_writes: StorageWatch::new(
+                "changes.state_file",
+                "changes.json",
+                "what was seen is kept in memory; a restart now would announce its changes again",
+            ),
             changes: (window == Window::SinceLastReport).then(|| ChangeTracker::load(&state)),
             state,
         })
@@ -210,10 +232,10 @@ impl Pipeline {
     }
 
     /// One sample through every stage. `report_due`: whether this sample
-    /// makes a report (its traffic then covers the whole window). Fails only
-    /// when a report id cannot be persisted: handing out an id that a
-    /// restart could repeat would make Device Defender drop reports.
-    pub fn step(&mut self, now_ms: u64, report_due: bool) -> Result<Tick, StateError> {
+    /// makes a report (its traffic then covers the whole window). Never
+    /// fails: a report id that cannot be persisted comes from memory
+    /// ([`StateDir::next_report_id`]).
+    pub fn step(&mut self, now_ms: u64, report_due: bool) -> Tick {
         let collected = self
             .collector
             .sample(&self.thing, now_ms, self.network.counters.as_ref());
@@ -236,18 +258,18 @@ impl Pipeline {
         let mut sample = match self.run_plugins(sample) {
             Processed::Pass(sample) => sample,
             Processed::Held { plugin, reason } => {
-                return Ok(Tick {
+                return Tick {
                     alarms,
                     changes: Vec::new(),
                     outcome: Outcome::Held { plugin, reason },
-                });
+                };
             }
             Processed::Dropped { plugin } => {
-                return Ok(Tick {
+                return Tick {
                     alarms,
                     changes: Vec::new(),
                     outcome: Outcome::Dropped { plugin },
-                });
+                };
             }
         };
         let changes = match &mut self.changes {
@@ -265,9 +287,9 @@ impl Pipeline {
             // sample that raised them and an id of their own.
             let id = match sample.alerts.is_empty() {
                 true => None,
-                false => Some(self.state.next_report_id(now_ms)?),
+                false => Some(self.state.next_report_id(now_ms)),
             };
-            return Ok(Tick {
+            return Tick {
                 alarms,
                 changes,
                 outcome: Outcome::Passed(Box::new(Passed {
@@ -275,14 +297,14 @@ impl Pipeline {
                     id,
                     report: None,
                 })),
-            });
+            };
         }
         // The report carries the traffic of its whole window; a plugin that
         // removed network_stats keeps them out.
         if sample.network_stats.is_some() {
             sample.network_stats = self.network.traffic();
         }
-        let id = self.state.next_report_id(now_ms)?;
+        let id = self.state.next_report_id(now_ms);
         let report = report::prepare(&sample, id, self.format, self.report_budget);
         if let Ok(prepared) = &report {
             // A report that was not built leaves the window open, so its
@@ -296,7 +318,7 @@ impl Pipeline {
                 self.status.add("report.trimmed_entries", trimmed);
             }
         }
-        Ok(Tick {
+        Tick {
             alarms,
             changes,
             outcome: Outcome::Passed(Box::new(Passed {
@@ -304,7 +326,7 @@ impl Pipeline {
                 id: Some(id),
                 report: Some(report),
             })),
-        })
+        }
     }
 
     /// Writes what must outlive the process: the network window and, when
@@ -334,9 +356,7 @@ impl Pipeline {
                 }
             }
             Window::SinceLastReport => {
-                if let Err(error) = self.detector.save(now_ms, false) {
-                    tracing::warn!(%error, "cannot save the detection statistics");
-                }
+                self.save_detection(now_ms, false);
                 if self.window_closed || self.network_saves.due(now_ms) {
                     self.save_changes();
                     self.save_network(now_ms);
@@ -349,9 +369,7 @@ impl Pipeline {
     /// their age, at shutdown.
     pub fn finish(&mut self, now_ms: u64) {
         if self.window == Window::SinceLastReport {
-            if let Err(error) = self.detector.save(now_ms, true) {
-                tracing::warn!(%error, "cannot save the detection statistics");
-            }
+            self.save_detection(now_ms, true);
             self.save_changes();
             self.save_network(now_ms);
         }
@@ -360,10 +378,25 @@ impl Pipeline {
     /// Writes what the change events have seen, when it changed; a failure
     /// costs repeated change events after a restart, never a sample.
     fn save_changes(&mut self) {
-        if let Some(tracker) = &mut self.changes
-            && let Err(error) = tracker.save(&self.state)
-        {
-            tracing::warn!(%error, "cannot save the change events' history");
+        let Some(tracker) = &mut self.changes else {
+            return;
+        };
+        match tracker.save(&self.state) {
+            Ok(()) => self.changes_writes.worked(&self.status),
+            Err(error) => {
+                let io = crate::status::io_cause(&error);
+                self.changes_writes.failed(&self.status, &error, io);
+            }
+        }
+    }
+
+    fn save_detection(&mut self, now_ms: u64, force: bool) {
+        match self.detector.save(now_ms, force) {
+            Ok(()) => self.detection_writes.worked(&self.status),
+            Err(error) => {
+                let io = crate::status::io_cause(&error);
+                self.detection_writes.failed(&self.status, &error, io);
+            }
         }
     }
 
@@ -372,8 +405,12 @@ impl Pipeline {
             Ok(()) => {
                 self.window_closed = false;
                 self.network_saves.done(now_ms);
+                self.network_writes.worked(&self.status);
             }
-            Err(error) => tracing::warn!(%error, "cannot persist network counters"),
+            Err(error) => {
+                let io = crate::status::io_cause(&error);
+                self.network_writes.failed(&self.status, &error, io);
+            }
         }
     }
 
@@ -414,7 +451,6 @@ pub fn collect_once(
     }
     let tick = pipeline.step(crate::state::now_ms(), true);
     pipeline.persist(crate::state::now_ms());
-    let tick = tick?;
     for alarm in &tick.alarms {
         tracing::warn!(alarm = %String::from_utf8_lossy(&alarm.to_json()), "detection");
     }
@@ -668,7 +704,7 @@ mod tests {
         let mut pipeline = device.pipeline(Window::SinceLastReport);
 
         // A report tick right after a fresh start: no honest traffic yet.
-        let tick = pipeline.step(T0, true).expect("step");
+        let tick = pipeline.step(T0, true);
         assert_eq!(behaviors(&tick), ["ExpectedTcpPorts", "KnownDestinations"]);
         let (sample, id, report) = passed(tick);
         assert_eq!(id, Some(SEED + 1));
@@ -682,7 +718,7 @@ mod tests {
         // Between reports: the traffic goes to the window; the second
         // violating datapoint raises an alarm, which leaves with an id.
         device.show("captured-later");
-        let tick = pipeline.step(T0 + 1_000, false).expect("step");
+        let tick = pipeline.step(T0 + 1_000, false);
         assert_eq!(behaviors(&tick), ["FewListeners"]);
         let (sample, id, report) = passed(tick);
         assert!(report.is_none());
@@ -694,11 +730,11 @@ mod tests {
         );
 
         // Nothing new: no id is spent.
-        let (_, id, _) = passed(pipeline.step(T0 + 2_000, false).expect("step"));
+        let (_, id, _) = passed(pipeline.step(T0 + 2_000, false));
         assert_eq!(id, None);
 
         // The report sums the window.
-        let (sample, id, report) = passed(pipeline.step(T0 + 3_000, true).expect("step"));
+        let (sample, id, report) = passed(pipeline.step(T0 + 3_000, true));
         assert_eq!(id, Some(SEED + 3));
         assert_eq!(sample.network_stats, Some(captured_delta()));
         let report = report.expect("a report tick").expect("a valid report");
@@ -712,7 +748,7 @@ mod tests {
     fn after_a_first_report() -> (Device, Pipeline) {
         let device = Device::new();
         let mut pipeline = device.pipeline(Window::SinceLastReport);
-        pipeline.step(T0, true).expect("step");
+        pipeline.step(T0, true);
         device.show("captured-later");
         (device, pipeline)
     }
@@ -721,7 +757,7 @@ mod tests {
     fn a_report_that_is_not_built_leaves_its_traffic_to_the_next() {
         let (_device, mut pipeline) = after_a_first_report();
         pipeline.limit_report_bytes(100);
-        let (_, _, report) = passed(pipeline.step(T0 + 1_000, true).expect("step"));
+        let (_, _, report) = passed(pipeline.step(T0 + 1_000, true));
         assert!(
             matches!(report, Some(Err(ValidationError::DoesNotFit { .. }))),
             "{report:?}"
@@ -736,13 +772,13 @@ mod tests {
     #[test]
     fn the_run_window_survives_a_restart() {
         let (device, mut pipeline) = after_a_first_report();
-        pipeline.step(T0 + 1_000, false).expect("step");
+        pipeline.step(T0 + 1_000, false);
         pipeline.persist(T0 + 1_000);
         drop(pipeline);
 
         let mut restarted = device.pipeline(Window::SinceLastReport);
         assert_eq!(restarted.network.traffic(), Some(captured_delta()));
-        let (sample, _, _) = passed(restarted.step(T0 + 2_000, true).expect("step"));
+        let (sample, _, _) = passed(restarted.step(T0 + 2_000, true));
         assert_eq!(sample.network_stats, Some(captured_delta()));
     }
 
@@ -759,19 +795,19 @@ mod tests {
             std::fs::metadata(&file).expect("net-run.json").ino()
         };
         let mut pipeline = device.pipeline(Window::SinceLastReport);
-        pipeline.step(T0, true).expect("step");
+        pipeline.step(T0, true);
         pipeline.persist(T0);
         let at_report = written();
 
         device.show("captured-later");
-        pipeline.step(T0 + 1_000, false).expect("step");
+        pipeline.step(T0 + 1_000, false);
         pipeline.persist(T0 + 1_000);
         assert_eq!(written(), at_report, "not due: nothing written");
 
         // kill -9 now: the file is a second old and lacks the last delta.
         drop(pipeline);
         let mut restarted = device.pipeline(Window::SinceLastReport);
-        let (sample, _, _) = passed(restarted.step(T0 + 2_000, true).expect("step"));
+        let (sample, _, _) = passed(restarted.step(T0 + 2_000, true));
         assert_eq!(
             sample.network_stats,
             Some(captured_delta()),
@@ -784,18 +820,18 @@ mod tests {
             "a report closes the window: written"
         );
 
-        restarted.step(T0 + 3_000, false).expect("step");
+        restarted.step(T0 + 3_000, false);
         restarted.persist(T0 + 3_000);
         assert_eq!(
             written(),
             after_report,
             "within the minute: nothing written"
         );
-        restarted.step(T0 + 62_000, false).expect("step");
+        restarted.step(T0 + 62_000, false);
         restarted.persist(T0 + 62_000);
         let a_minute_later = written();
         assert_ne!(a_minute_later, after_report, "a minute later: written");
-        restarted.step(T0 + 63_000, false).expect("step");
+        restarted.step(T0 + 63_000, false);
         restarted.persist(T0 + 63_000);
         assert_eq!(written(), a_minute_later);
         restarted.finish(T0 + 63_000);
@@ -816,14 +852,14 @@ mod tests {
         };
         let device = Device::new();
         let mut first = device.pipeline(Window::SincePreviousCollect);
-        let tick = first.step(T0, true).expect("step");
+        let tick = first.step(T0, true);
         first.persist(T0);
         let (_, _, report) = passed(tick);
         assert_eq!(printed(report), golden("collect-first.json"));
 
         device.show("captured-later");
         let mut later = device.pipeline(Window::SincePreviousCollect);
-        let (sample, _, report) = passed(later.step(T0 + 60_000, true).expect("step"));
+        let (sample, _, report) = passed(later.step(T0 + 60_000, true));
         assert_eq!(sample.network_stats, Some(captured_delta()));
         assert_eq!(printed(report), golden("collect-later.json"));
     }

@@ -19,6 +19,7 @@
 //! decides when Device Defender may have it (300 s floor); `run` never waits
 //! for it except with `--once`.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +43,7 @@ use crate::publish::mqtt::MqttTransport;
 use crate::publish::outbox::Outbox;
 use crate::publish::{Message, Transport, TransportError, TransportKind};
 use crate::state::{StateDir, now_ms};
-use crate::status::Status;
+use crate::status::{Status, StorageWatch};
 
 /// How `run` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +269,69 @@ struct Session {
     /// every period.
     health_shown: Option<(HealthState, Vec<String>)>,
     thing: String,
+    /// Reports the outbox could not store (disk full or read-only), oldest
+    /// first, until it can.
+    held: HeldReports,
+    /// Whether `output.ndjson`, `output.events` and `status.json` could be
+    /// written, said once per change.
+    report_writes: StorageWatch,
+    event_writes: StorageWatch,
+    status_file_writes: StorageWatch,
+}
+
+/// How many reports `run` holds in memory while the outbox cannot store
+/// them, and how many bytes they may take together, whichever bound is met
+/// first. When a new report would exceed it, the oldest held one is
+/// dropped: Device Defender takes current data only, and the publisher
+/// itself supersedes older waiting reports, so the newest is what is worth
+/// keeping. 16 reports are 80 minutes at the default 300 s interval; 256 KiB
+/// is 2 to 16 reports of the largest sizes a transport carries.
+const HELD_REPORTS_MAX: usize = 16;
+const HELD_BYTES_MAX: usize = 256 * 1024;
+
+/// Reports waiting in memory for the outbox (docs/OUTBOX.md, "When the disk
+/// is full, read-only or failing"). Counted in `report.held_in_memory` (a
+/// gauge), `report.dropped_unstored` and `report.stored_late`.
+#[derive(Debug, Default)]
+struct HeldReports {
+    reports: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
+    /// The storage condition that made the last submit fail, until a submit
+    /// works again.
+    fault: Option<crate::publish::outbox::StorageFault>,
+    /// Reports dropped since the fault began, for the recovery line.
+    dropped: u64,
+}
+
+impl HeldReports {
+    /// Holds a report, dropping the oldest held ones to stay within the
+    /// bounds; returns the ids dropped.
+    fn hold(&mut self, id: u64, bytes: Vec<u8>) -> Vec<u64> {
+        self.bytes += bytes.len();
+        self.reports.push_back((id, bytes));
+        let mut dropped = Vec::new();
+        while self.reports.len() > 1
+            && (self.reports.len() > HELD_REPORTS_MAX || self.bytes > HELD_BYTES_MAX)
+        {
+            if let Some((id, bytes)) = self.reports.pop_front() {
+                self.bytes -= bytes.len();
+                dropped.push(id);
+            }
+        }
+        self.dropped += dropped.len() as u64;
+        dropped
+    }
+
+    fn pop_front(&mut self) -> Option<(u64, Vec<u8>)> {
+        let (id, bytes) = self.reports.pop_front()?;
+        self.bytes -= bytes.len();
+        Some((id, bytes))
+    }
+
+    fn push_front(&mut self, id: u64, bytes: Vec<u8>) {
+        self.bytes += bytes.len();
+        self.reports.push_front((id, bytes));
+    }
 }
 
 impl Session {
@@ -277,7 +341,7 @@ impl Session {
         status: Status,
         human: bool,
     ) -> anyhow::Result<Session> {
-        let state = StateDir::open(&config.state_dir)?;
+        let state = StateDir::open(&config.state_dir)?.counting_in(&status);
         // Loading compiles and instantiates plugins, and wasmtime-wasi
         // drives its own futures to completion there: it must run where
         // blocking is allowed, not on an async worker.
@@ -417,6 +481,22 @@ impl Session {
             // health when it first goes wrong and when it changes after.
             health_shown: Some((HealthState::Ok, Vec::new())),
             thing,
+            held: HeldReports::default(),
+            report_writes: StorageWatch::new(
+                "output.ndjson",
+                "output.ndjson",
+                "report lines are not written",
+            ),
+            event_writes: StorageWatch::new(
+                "output.events",
+                "output.events",
+                "event lines are not written",
+            ),
+            status_file_writes: StorageWatch::new(
+                "state.status_file",
+                "status.json",
+                "`defender-edge status` shows older values",
+            ),
         })
     }
 
@@ -475,8 +555,30 @@ impl Session {
             return;
         }
         match self.status.write(self.state.path(), now) {
-            Ok(_) => self.status_writes.done(now),
-            Err(error) => warn!(%error, "cannot write the status file"),
+            Ok(_) => {
+                self.status_writes.done(now);
+                self.status_file_writes.worked(&self.status);
+            }
+            Err(error) => self
+                .status_file_writes
+                .failed(&self.status, &error, Some(&error)),
+        }
+    }
+
+    /// Notes the outcome of writing an output line; a failure (a full or
+    /// read-only disk under `output.ndjson` or `output.events`) is counted
+    /// and said once per change, never fatal.
+    fn written(watch: &mut StorageWatch, status: &Status, outcome: anyhow::Result<()>) -> bool {
+        match outcome {
+            Ok(()) => {
+                watch.worked(status);
+                true
+            }
+            Err(error) => {
+                let io = crate::status::io_cause(error.as_ref());
+                watch.failed(status, &format!("{error:#}"), io);
+                false
+            }
         }
     }
 
@@ -522,9 +624,9 @@ impl Session {
                 fields: event,
                 human: health.human(),
             };
-            match self.output.event(line) {
-                Ok(()) => self.health_shown = shown,
-                Err(error) => warn!(%error, "cannot write the health event"),
+            let outcome = self.output.event(line);
+            if Session::written(&mut self.event_writes, &self.status, outcome) {
+                self.health_shown = shown;
             }
         }
     }
@@ -550,9 +652,8 @@ impl Session {
                 fields,
                 human: change.human(),
             };
-            if let Err(error) = self.output.event(line) {
-                warn!(%error, "cannot write a change event");
-            }
+            let outcome = self.output.event(line);
+            Session::written(&mut self.event_writes, &self.status, outcome);
         }
         self.siem.submit_changes(changes, &self.thing, now).await;
     }
@@ -563,7 +664,7 @@ impl Session {
         // Plugins are synchronous and bounded by their budgets: the step
         // runs where blocking is allowed.
         let pipeline = &mut self.pipeline;
-        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due))?;
+        let tick = tokio::task::block_in_place(|| pipeline.step(now_ms(), report_due));
         self.pipeline.persist(now_ms());
         self.alarms.deliver(&tick.alarms);
         self.findings.submit(&tick.alarms).await;
@@ -585,14 +686,18 @@ impl Session {
                 ),
                 AlarmState::Clear | AlarmState::Invalidated => self.status.remove(&key),
             }
-            self.output.event(Event {
+            let outcome = self.output.event(Event {
                 kind: "alarm",
                 timestamp_ms: alarm.timestamp_ms,
                 fields: serde_json::to_value(alarm).unwrap_or_default(),
                 human: alarm.human(),
-            })?;
+            });
+            Session::written(&mut self.event_writes, &self.status, outcome);
         }
         self.deliver_changes(&tick.changes).await;
+        // Reports held in memory go to the outbox first, in order, as soon
+        // as it takes writes again.
+        self.store_held(None).await?;
         let Passed { sample, id, report } = match tick.outcome {
             Outcome::Passed(passed) => *passed,
             Outcome::Held { plugin, reason } => {
@@ -606,7 +711,14 @@ impl Session {
                 return Ok(report_due);
             }
         };
-        self.output.sample_events(&sample)?;
+        // A sample with nothing to show writes nothing, which says nothing
+        // about the disk.
+        match self.output.sample_events(&sample) {
+            Ok(0) => {}
+            outcome => {
+                Session::written(&mut self.event_writes, &self.status, outcome.map(|_| ()));
+            }
+        }
         if let Some(id) = id {
             self.siem.submit(&sample, id, report.is_some()).await;
         }
@@ -614,16 +726,25 @@ impl Session {
             None => {}
             Some(Ok(prepared)) => {
                 // Outbox first: once a report is anywhere, it is durable.
+                // When the outbox cannot store it (a full or read-only
+                // disk), it waits in memory behind the reports held before.
                 let id = prepared.report.header.report_id;
-                if let Some((publisher, _)) = &self.publisher {
-                    publisher
-                        .submit(id, prepared.bytes)
-                        .await
-                        .with_context(|| format!("storing report {id} in the outbox"))?;
-                    self.submitted = true;
+                if self.publisher.is_some() {
+                    for dropped in self.held.hold(id, prepared.bytes) {
+                        self.status.add("report.dropped_unstored", 1);
+                        if self.held.dropped == 1 {
+                            warn!(
+                                report_id = dropped,
+                                held = HELD_REPORTS_MAX,
+                                held_bytes = HELD_BYTES_MAX,
+                                "too many reports held in memory; dropping the oldest (counted in report.dropped_unstored)"
+                            );
+                        }
+                    }
+                    self.store_held(Some(id)).await?;
                 }
-                self.output
-                    .report(&prepared.report, self.format, now_ms())?;
+                let outcome = self.output.report(&prepared.report, self.format, now_ms());
+                Session::written(&mut self.report_writes, &self.status, outcome);
             }
             Some(Err(error)) => {
                 error!(report_id = id, %error, "report failed validation; not sent");
@@ -631,6 +752,70 @@ impl Session {
             }
         }
         Ok(report_due)
+    }
+
+    /// Stores the reports held in memory in the outbox, oldest first, until
+    /// one fails for the disk; said once per change of the disk's state.
+    /// Fails only for what no disk explains (a report the outbox refuses,
+    /// a publisher that stopped), which stopped `run` before too.
+    /// `current` is the report of this tick, which is not counted as stored
+    /// late when it goes at once.
+    async fn store_held(&mut self, current: Option<u64>) -> anyhow::Result<()> {
+        let Some((publisher, _)) = &self.publisher else {
+            return Ok(());
+        };
+        if self.held.reports.is_empty() {
+            return Ok(());
+        }
+        if self.held.fault.is_some() && publisher.recover_storage().await.is_err() {
+            // Still full or read-only: one statvfs, no write attempted.
+            self.status
+                .set("report.held_in_memory", self.held.reports.len() as u64);
+            return Ok(());
+        }
+        let mut stored_late = 0u64;
+        while let Some((id, bytes)) = self.held.pop_front() {
+            let late = Some(id) != current;
+            match publisher.submit(id, bytes.clone()).await {
+                Ok(()) => {
+                    self.submitted = true;
+                    if late {
+                        stored_late += 1;
+                        self.status.add("report.stored_late", 1);
+                    }
+                }
+                Err(error) => match error.storage_fault() {
+                    Some(fault) => {
+                        self.held.push_front(id, bytes);
+                        if self.held.fault != Some(fault) {
+                            warn!(
+                                report_id = id,
+                                condition = %fault,
+                                %error,
+                                "the outbox cannot store reports; holding them in memory (report.held_in_memory) until the disk takes writes again"
+                            );
+                            self.held.fault = Some(fault);
+                        }
+                        break;
+                    }
+                    None => {
+                        return Err(anyhow::Error::new(error)
+                            .context(format!("storing report {id} in the outbox")));
+                    }
+                },
+            }
+        }
+        if self.held.reports.is_empty() && self.held.fault.take().is_some() {
+            info!(
+                stored = stored_late,
+                dropped = self.held.dropped,
+                "the outbox stores reports again; the reports held in memory are stored"
+            );
+            self.held.dropped = 0;
+        }
+        self.status
+            .set("report.held_in_memory", self.held.reports.len() as u64);
+        Ok(())
     }
 
     /// `--once`: waits for the report's acknowledgement.
@@ -652,6 +837,18 @@ impl Session {
 
     /// Stops everything this session started; what is unsent stays on disk.
     async fn shutdown(mut self) {
+        // A last chance for reports held in memory; what the outbox still
+        // cannot take is lost with the process, and said so.
+        if let Err(error) = self.store_held(None).await {
+            warn!(error = %format!("{error:#}"), "cannot store the reports held in memory");
+        }
+        if !self.held.reports.is_empty() {
+            let ids: Vec<u64> = self.held.reports.iter().map(|(id, _)| *id).collect();
+            warn!(report_ids = ?ids, "stopping with reports the outbox could not store; they are lost");
+            self.status
+                .add("report.dropped_unstored", self.held.reports.len() as u64);
+            self.status.set("report.held_in_memory", 0);
+        }
         if let Some((publisher, task)) = self.publisher.take() {
             publisher.shutdown().await;
             let _ = task.await;
@@ -667,11 +864,14 @@ impl Session {
             mqtt.shutdown().await;
         }
         self.pipeline.finish(now_ms());
+        // A flush with nothing buffered says nothing about the disk: only its
+        // failure is noted.
         if let Err(error) = self.output.flush() {
-            warn!(%error, "cannot flush the NDJSON output");
+            Session::written(&mut self.report_writes, &self.status, Err(error));
         }
         if let Err(error) = self.status.write(self.state.path(), now_ms()) {
-            warn!(%error, "cannot write the status file");
+            self.status_file_writes
+                .failed(&self.status, &error, Some(&error));
         }
     }
 }

@@ -16,8 +16,13 @@
 //! read conservatively: a JSON file as absent (at worst one network delta is
 //! lost), a `report-id` as "ids continue after the time the file was last
 //! written", so ids keep increasing even when the clock stepped back since.
-//! A report id that cannot be *written* stops `run` (exit 1): handing out ids
-//! that a restart could repeat would make Device Defender drop reports.
+//! A report id that cannot be *written* (a full or read-only disk) does not
+//! stop `run`: ids go on from the last one kept in memory, so they never go
+//! backwards in this process, and the file is written again with the next
+//! id once the disk takes writes. Only a restart during the fault, with a
+//! wall clock stepped back behind the ids handed out meanwhile, could repeat
+//! an id (Device Defender would drop that report); stopping the monitor on
+//! every full disk was the worse trade.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::status::Status;
+use crate::status::{Status, StorageWatch};
 
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +54,11 @@ pub struct StateDir {
     /// Where corrupt files are counted; a registry of its own until
     /// [`StateDir::counting_in`] names the component's.
     status: Status,
+    /// The last report id handed out by this value, so ids never go
+    /// backwards while `report-id` cannot be written.
+    last_report_id: Option<u64>,
+    /// Whether `report-id` could be written, said once per change.
+    report_id_writes: StorageWatch,
 }
 
 impl StateDir {
@@ -67,6 +77,12 @@ impl StateDir {
         Ok(StateDir {
             root: root.to_owned(),
             status: Status::new(),
+            last_report_id: None,
+            report_id_writes: StorageWatch::new(
+                "state.report_id",
+                "report-id",
+                "report ids continue from memory",
+            ),
         })
     }
 
@@ -86,11 +102,15 @@ impl StateDir {
         StateDir::open(&self.root.join(name)).map(|d| d.root)
     }
 
-    /// The next report id, persisted before it is returned so that no id is
-    /// ever handed out twice, also across crashes.
-    pub fn next_report_id(&self, now_ms: u64) -> Result<u64, StateError> {
+    /// The next report id: `max(now_ms, last + 1)`, persisted before it is
+    /// returned so that no id is handed out twice, also across crashes.
+    /// When `report-id` cannot be written the id is still handed out, from
+    /// the last one kept in memory (see the module documentation); the
+    /// failure is counted in `state.report_id.write_failures` and said once
+    /// per change.
+    pub fn next_report_id(&mut self, now_ms: u64) -> u64 {
         let path = self.root.join("report-id");
-        let last = match std::fs::read(&path) {
+        let on_disk = match std::fs::read(&path) {
             Ok(bytes) => match std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|t| t.trim().parse::<u64>().ok())
@@ -108,10 +128,21 @@ impl StateDir {
             },
             Err(_) => None,
         };
+        let last = match (self.last_report_id, on_disk) {
+            (Some(memory), Some(disk)) => Some(memory.max(disk)),
+            (memory, disk) => memory.or(disk),
+        };
         let id = crate::report::next_report_id(now_ms, last);
-        write_atomically(&path, id.to_string().as_bytes())
-            .map_err(|source| StateError::Write { path, source })?;
-        Ok(id)
+        self.last_report_id = Some(id);
+        match write_atomically(&path, id.to_string().as_bytes()) {
+            Ok(()) => self.report_id_writes.worked(&self.status),
+            Err(error) => self.report_id_writes.failed(
+                &self.status,
+                &format!("cannot write {}: {error}", path.display()),
+                Some(&error),
+            ),
+        }
+        id
     }
 
     /// Reads a JSON state file; a missing file is `None`, a corrupt one is
@@ -200,7 +231,7 @@ mod tests {
     fn corrupt_state_files_are_read_conservatively_and_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Status::new();
-        let state = StateDir::open(dir.path())
+        let mut state = StateDir::open(dir.path())
             .expect("open")
             .counting_in(&status);
 
@@ -225,9 +256,56 @@ mod tests {
         std::fs::write(&path, b"\x00\x00garbage").expect("write");
         let written = modified_ms(&path);
         assert!(written > 1_000_000, "the file has a modification time");
-        let id = state.next_report_id(1_000).expect("next id");
+        let id = state.next_report_id(1_000);
         assert!(id > written, "{id} after {written}");
         assert_eq!(status.number("state.corrupt_files"), 2);
-        assert_eq!(state.next_report_id(1_000).expect("next id"), id + 1);
+        assert_eq!(state.next_report_id(1_000), id + 1);
+    }
+
+    /// Issue 12 item 1: a `report-id` that cannot be written stops nothing;
+    /// ids go on from memory, never backwards, and the file is written again
+    /// once it can be.
+    #[test]
+    fn report_ids_go_on_from_memory_while_the_file_cannot_be_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Status::new();
+        let mut state = StateDir::open(dir.path())
+            .expect("open")
+            .counting_in(&status);
+        let first = state.next_report_id(5_000);
+        assert_eq!(first, 5_000);
+        // The temporary file's name taken by a directory: every write fails,
+        // also for root (a full or read-only disk needs a mount; the
+        // integration tests in run.rs make those).
+        let blocker = dir.path().join(".report-id.tmp");
+        std::fs::create_dir(&blocker).expect("blocker");
+        let ids: Vec<u64> = [5_000, 4_000, 9_000]
+            .into_iter()
+            .map(|now| state.next_report_id(now))
+            .collect();
+        assert_eq!(ids, vec![5_001, 5_002, 9_000], "from memory, never back");
+        assert_eq!(status.number("state.report_id.write_failures"), 3);
+        assert_eq!(
+            status.get("state.report_id.storage"),
+            Some(crate::status::Value::Text("failing".to_owned()))
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("report-id")).expect("read"),
+            "5000"
+        );
+
+        std::fs::remove_dir(&blocker).expect("unblock");
+        assert_eq!(state.next_report_id(1_000), 9_001);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("report-id")).expect("read"),
+            "9001"
+        );
+        assert_eq!(
+            status.get("state.report_id.storage"),
+            Some(crate::status::Value::Text("ok".to_owned()))
+        );
+        // A restart continues after what the file says.
+        let mut restarted = StateDir::open(dir.path()).expect("open");
+        assert_eq!(restarted.next_report_id(1_000), 9_002);
     }
 }

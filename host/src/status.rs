@@ -123,6 +123,93 @@ impl Status {
     }
 }
 
+/// A file the agent writes again and again (a state file, an output file)
+/// on a disk that may fill up, be remounted read-only or fail. A failed write
+/// never stops anything; it is said once per change of state: a warn line
+/// when the writes start failing (or fail for another reason), an info line
+/// when they work again; `<name>.storage` holds `ok`, `disk full`,
+/// `read-only` or `failing` from the first failure on, and
+/// `<name>.write_failures` counts every failed write (both make the agent's
+/// health `degraded`, see `health.rs`).
+#[derive(Debug, Clone)]
+pub struct StorageWatch {
+    name: &'static str,
+    /// What the file is, for the log: `the report id`, `the NDJSON output`.
+    what: &'static str,
+    /// What is lost while it fails, for the log.
+    consequence: &'static str,
+    failing: Option<&'static str>,
+}
+
+impl StorageWatch {
+    pub fn new(name: &'static str, what: &'static str, consequence: &'static str) -> Self {
+        StorageWatch {
+            name,
+            what,
+            consequence,
+            failing: None,
+        }
+    }
+
+    /// Whether the last write failed.
+    pub fn is_failing(&self) -> bool {
+        self.failing.is_some()
+    }
+
+    /// A write failed with `error`; `io` is the system error behind it, when
+    /// known, which names the condition.
+    pub fn failed(
+        &mut self,
+        status: &Status,
+        error: &dyn std::fmt::Display,
+        io: Option<&std::io::Error>,
+    ) {
+        let label = io.map_or("failing", storage_label);
+        status.add(&format!("{}.write_failures", self.name), 1);
+        if self.failing != Some(label) {
+            tracing::warn!(
+                file = self.what,
+                condition = label,
+                error = %error,
+                consequence = self.consequence,
+                "cannot write to the disk; going on without it until the disk takes writes again"
+            );
+            status.set_text(&format!("{}.storage", self.name), label);
+            self.failing = Some(label);
+        }
+    }
+
+    /// A write worked.
+    pub fn worked(&mut self, status: &Status) {
+        if let Some(was) = self.failing.take() {
+            tracing::info!(file = self.what, was, "the disk takes writes again");
+            status.set_text(&format!("{}.storage", self.name), "ok");
+        }
+    }
+}
+
+/// The storage condition of a failed write: `disk full` (`ENOSPC`,
+/// `EDQUOT`), `read-only` (`EROFS`) or `failing` (anything else, `EIO`).
+pub fn storage_label(error: &std::io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "disk full",
+        Some(libc::EROFS) => "read-only",
+        _ => "failing",
+    }
+}
+
+/// The system error at the root of `error`, if any.
+pub fn io_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// The status file's name inside the state directory.
 pub const STATUS_FILE: &str = "status.json";
 

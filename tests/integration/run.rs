@@ -105,17 +105,20 @@ impl Drop for Running {
     }
 }
 
-/// The Device Defender reports the nucleus received, in order: (report id,
-/// thing in the topic).
+/// The Device Defender reports the nucleus received for `edge-e2e`, in
+/// order: their report ids.
 fn published_reports(nucleus: &TestNucleus) -> Vec<u64> {
+    published_reports_of(nucleus, "edge-e2e")
+}
+
+/// The Device Defender reports the nucleus received for `thing`, in order:
+/// their report ids.
+fn published_reports_of(nucleus: &TestNucleus, thing: &str) -> Vec<u64> {
+    let topic = format!("$aws/things/{thing}/defender/metrics/json");
     nucleus
         .requests("PublishToIoTCore")
         .iter()
-        .filter(|r| {
-            r["body"]["topicName"]
-                .as_str()
-                .is_some_and(|t| t == "$aws/things/edge-e2e/defender/metrics/json")
-        })
+        .filter(|r| r["body"]["topicName"].as_str().is_some_and(|t| t == topic))
         .map(|r| {
             let payload = base64::engine::general_purpose::STANDARD
                 .decode(r["body"]["payload"].as_str().expect("payload"))
@@ -1006,4 +1009,189 @@ async fn an_alarm_raised_while_the_broker_is_down_reaches_the_topic_when_it_is_b
     assert_eq!(alarm["behavior"], "RoguePortClosed", "{alarm}");
     run.signal(libc::SIGTERM);
     assert!(run.wait().success(), "{}", run.log());
+}
+
+/// How the state directory's disk fails under a running `run`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DiskFault {
+    /// `ENOSPC`: a file fills the file system.
+    Full,
+    /// `EROFS`: `mount -o remount,ro`, as the kernel does to a failing card.
+    ReadOnly,
+}
+
+/// Issue 12 item 1: `run` with its state directory on a small tmpfs that
+/// fills up or turns read-only while reports come every second. Before, the
+/// first report the outbox could not store stopped `run` (exit 1, ERRORED).
+/// Now it keeps sampling and building reports (the NDJSON output, kept on
+/// another disk as standard output would be, keeps growing), holds the
+/// reports in memory, says so once and in the health event (the status
+/// registry: `report.held_in_memory`, `outbox.storage`), and once the disk
+/// takes writes again stores the held reports in order and publishes the
+/// newest (older ones superseded, as Device Defender takes current data
+/// only): no report vanishes, and `status` shows what happened.
+fn run_rides_out_a_disk_fault(fault: DiskFault) {
+    let fs = support::SmallFs::tmpfs(1024 * 1024);
+    let state = fs.path().join("state");
+    let out = tempfile::tempdir().expect("output dir");
+    let reports = out.path().join("reports.ndjson");
+    // On a full disk the event output is on it too (it fails and recovers
+    // with it). A file held open for appending keeps `mount -o remount,ro`
+    // from succeeding (EBUSY), as for any writer, so the read-only case
+    // keeps it on the other disk.
+    let events = match fault {
+        DiskFault::Full => fs.path().join("events.ndjson"),
+        DiskFault::ReadOnly => out.path().join("events.ndjson"),
+    };
+    let thing = "edge-disk";
+    let health_topic = "defender-edge/edge-disk/health";
+    let nucleus = TestNucleus::start_with(
+        false,
+        json!({
+            "thingName": thing,
+            "stateDir": state,
+            "stateWriteSeconds": 1,
+            "output": {"ndjson": reports, "events": events},
+            "report": {"intervalSeconds": "1"},
+            "publish": {"deviceDefender": {"minIntervalSeconds": "1", "replyTimeoutSeconds": "5"}}
+        }),
+    );
+    nucleus.control(json!({"cmd": "auto_reply", "mode": "accepted"}));
+    let mut run = Running::under(&nucleus, &[], &[]);
+    let made = || -> Vec<u64> {
+        std::fs::read_to_string(&reports)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).expect("a JSON line")["header"]["report_id"]
+                    .as_u64()
+                    .expect("report id")
+            })
+            .collect()
+    };
+    wait_nucleus("two reports published", &mut run, || {
+        published_reports_of(&nucleus, thing).len() >= 2
+    });
+
+    let filler = match fault {
+        DiskFault::Full => Some(fs.fill("filler")),
+        DiskFault::ReadOnly => {
+            fs.remount_read_only();
+            None
+        }
+    };
+    let before = made().len();
+    let held = |e: &Value| e["health"]["status"]["report"]["held_in_memory"].as_u64();
+    wait_nucleus("two reports held in memory", &mut run, || {
+        health_events(&nucleus, health_topic)
+            .iter()
+            .any(|e| held(e) >= Some(2))
+    });
+    let during = made();
+    assert!(
+        during.len() >= before + 2,
+        "reports kept coming: {before} then {}",
+        during.len()
+    );
+    let event = health_events(&nucleus, health_topic)
+        .into_iter()
+        .find(|e| held(e) >= Some(2))
+        .expect("the health event");
+    let condition = match fault {
+        DiskFault::Full => "disk full",
+        DiskFault::ReadOnly => "read-only",
+    };
+    assert_eq!(event["health"]["state"], "degraded", "{event}");
+    assert_eq!(
+        event["health"]["status"]["outbox"]["storage"], condition,
+        "{event}"
+    );
+    assert!(
+        event["health"]["status"]["state"]["report_id.write_failures"].as_u64() >= Some(1),
+        "report ids come from memory: {event}"
+    );
+    // Said once per change of state, not once per tick.
+    let log = run.log();
+    assert_eq!(log.matches("holding them in memory").count(), 1, "{log}");
+    let files: &[&str] = match fault {
+        DiskFault::Full => &["report-id", "status.json", "output.events"],
+        DiskFault::ReadOnly => &["report-id", "status.json"],
+    };
+    for file in files {
+        assert_eq!(
+            log.lines()
+                .filter(|l| l.contains("cannot write to the disk")
+                    && (l.contains(&format!("file=\"{file}\""))
+                        || l.contains(&format!("file={file} "))))
+                .count(),
+            1,
+            "{file}: {log}"
+        );
+    }
+
+    match (fault, filler) {
+        (DiskFault::Full, Some(filler)) => std::fs::remove_file(filler).expect("free the disk"),
+        _ => fs.remount_writable(),
+    }
+    run.wait_for("the held reports stored", Duration::from_secs(20), |log| {
+        log.contains("the reports held in memory are stored")
+    });
+    let newest_held = *during.last().expect("a report");
+    wait_nucleus("a report made during the fault published", &mut run, || {
+        published_reports_of(&nucleus, thing)
+            .iter()
+            .any(|id| *id >= newest_held)
+    });
+    run.signal(libc::SIGTERM);
+    assert!(run.wait().success(), "{}", run.log());
+
+    // Every report made before the disk came back was published or
+    // superseded by a newer one (logged with its id): none vanished.
+    let log = run.log();
+    let published = published_reports_of(&nucleus, thing);
+    for id in &during {
+        assert!(
+            published.contains(id)
+                || log
+                    .lines()
+                    .any(|l| l.contains("superseded") && l.contains(&id.to_string())),
+            "report {id} neither published nor superseded; published {published:?}; log:\n{log}"
+        );
+    }
+    assert!(
+        published.windows(2).all(|w| w[0] < w[1]),
+        "in order: {published:?}"
+    );
+    let status = Command::new(support::bin())
+        .args(["status", "--state-dir"])
+        .arg(&state)
+        .output()
+        .expect("run status");
+    let shown = String::from_utf8_lossy(&status.stdout);
+    for line in ["stored_late", "held_in_memory", "report_id.storage"] {
+        assert!(shown.contains(line), "{line}: {shown}");
+    }
+    let status: Value = serde_json::from_str(
+        &std::fs::read_to_string(state.join("status.json")).expect("status.json"),
+    )
+    .expect("JSON");
+    let values = &status["values"];
+    assert!(values["report.stored_late"].as_u64() >= Some(2), "{status}");
+    assert_eq!(values["report.held_in_memory"], 0, "{status}");
+    assert_eq!(values["report.dropped_unstored"], Value::Null, "{status}");
+    assert_eq!(values["outbox.storage"], "ok", "{status}");
+    assert_eq!(values["state.report_id.storage"], "ok", "{status}");
+    if fault == DiskFault::Full {
+        assert_eq!(values["output.events.storage"], "ok", "{status}");
+    }
+}
+
+#[test]
+fn run_keeps_sampling_on_a_full_state_disk_and_stores_the_held_reports_after() {
+    run_rides_out_a_disk_fault(DiskFault::Full);
+}
+
+#[test]
+fn run_keeps_sampling_on_a_read_only_state_disk_and_stores_the_held_reports_after() {
+    run_rides_out_a_disk_fault(DiskFault::ReadOnly);
 }
