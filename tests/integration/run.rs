@@ -488,9 +488,7 @@ fn siem_events_go_to_firehose_beside_reports_and_a_bad_stream_stops_nothing() {
 /// Greengrass local topic and on the IoT alarm topic; closing it clears it.
 #[test]
 fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
-    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let port = unused_port();
     let state = tempfile::tempdir().expect("state dir");
     let nucleus = TestNucleus::start_with(
         false,
@@ -506,24 +504,7 @@ fn an_unexpected_listener_raises_an_alarm_on_the_local_and_iot_topics() {
     run.wait_for("the pipeline", Duration::from_secs(20), |log| {
         log.contains("defender-edge running")
     });
-    let alarms = |state: &str| -> Vec<Value> {
-        nucleus
-            .requests("PublishToTopic")
-            .iter()
-            .filter(|r| r["body"]["topic"] == "defender-edge/alarms")
-            .map(|r| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(
-                        r["body"]["publishMessage"]["binaryMessage"]["message"]
-                            .as_str()
-                            .expect("binary message"),
-                    )
-                    .expect("base64");
-                serde_json::from_slice::<Value>(&bytes).expect("alarm JSON")
-            })
-            .filter(|a| a["state"] == state)
-            .collect()
-    };
+    let alarms = |state: &str| local_alarms(&nucleus, state);
     assert!(alarms("alarm").is_empty(), "no alarm before the listener");
 
     let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
@@ -606,9 +587,7 @@ fn run_loads_a_plugin_with_a_directory_grant() {
 async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
     let pki = Pki::new();
     let broker = Broker::start(&pki, false);
-    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let port = unused_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let profile = support::rogue_listener_profile(port, 1);
     let config = json!({
@@ -710,9 +689,7 @@ async fn violations_reach_the_alarm_topic_in_device_defenders_shape() {
 fn an_alarm_becomes_a_security_hub_finding_and_its_clear_archives_it() {
     use crate::securityhub::{Moto, findings, free_port};
 
-    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let port = unused_port();
     let hub = free_port();
     let state = tempfile::tempdir().expect("state dir");
     let nucleus = TestNucleus::start_with(
@@ -774,6 +751,34 @@ fn an_alarm_becomes_a_security_hub_finding_and_its_clear_archives_it() {
     assert_eq!(findings(hub).len(), 1, "the clear updated the same finding");
     run.signal(libc::SIGTERM);
     assert_eq!(run.wait().code(), Some(0), "log:\n{}", run.log());
+}
+
+/// A TCP port nothing listens on (until the test binds it as the rogue
+/// listener).
+fn unused_port() -> u16 {
+    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
+    probe.local_addr().expect("addr").port()
+}
+
+/// The alarm events in `state` (`alarm`, `clear`, `invalidated`) the nucleus
+/// received on the local topic, decoded.
+fn local_alarms(nucleus: &TestNucleus, state: &str) -> Vec<Value> {
+    nucleus
+        .requests("PublishToTopic")
+        .iter()
+        .filter(|r| r["body"]["topic"] == "defender-edge/alarms")
+        .map(|r| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(
+                    r["body"]["publishMessage"]["binaryMessage"]["message"]
+                        .as_str()
+                        .expect("binary message"),
+                )
+                .expect("base64");
+            serde_json::from_slice::<Value>(&bytes).expect("alarm JSON")
+        })
+        .filter(|a| a["state"] == state)
+        .collect()
 }
 
 /// The health events the nucleus received on `topic`, decoded.
@@ -896,9 +901,7 @@ fn the_agent_health_is_published_each_period_and_names_a_broken_plugin() {
 /// Defender's shape), instead of leaving it open in every consumer.
 #[test]
 fn a_behavior_removed_by_a_configuration_update_closes_its_open_alarm() {
-    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let port = unused_port();
     let state = tempfile::tempdir().expect("state dir");
     let nucleus = TestNucleus::start_with(
         false,
@@ -911,24 +914,7 @@ fn a_behavior_removed_by_a_configuration_update_closes_its_open_alarm() {
         }),
     );
     let mut run = Running::under(&nucleus, &[], &[]);
-    let events = |state: &str| -> Vec<Value> {
-        nucleus
-            .requests("PublishToTopic")
-            .iter()
-            .filter(|r| r["body"]["topic"] == "defender-edge/alarms")
-            .map(|r| {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(
-                        r["body"]["publishMessage"]["binaryMessage"]["message"]
-                            .as_str()
-                            .expect("binary message"),
-                    )
-                    .expect("base64");
-                serde_json::from_slice::<Value>(&bytes).expect("alarm JSON")
-            })
-            .filter(|a| a["state"] == state)
-            .collect()
-    };
+    let events = |state: &str| local_alarms(&nucleus, state);
     let _listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind the rogue port");
     wait_nucleus("the alarm", &mut run, || !events("alarm").is_empty());
     let alarm = events("alarm").remove(0);
@@ -968,9 +954,7 @@ fn a_behavior_removed_by_a_configuration_update_closes_its_open_alarm() {
 async fn an_alarm_raised_while_the_broker_is_down_reaches_the_topic_when_it_is_back() {
     let pki = Pki::new();
     let mut broker = Broker::start(&pki, true);
-    let probe = std::net::TcpListener::bind("0.0.0.0:0").expect("free port");
-    let port = probe.local_addr().expect("addr").port();
-    drop(probe);
+    let port = unused_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = json!({
         "thingName": "edge-durable",

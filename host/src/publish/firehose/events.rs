@@ -341,42 +341,16 @@ pub fn write_health(
     options: &EventOptions,
     out: &mut Vec<u8>,
 ) {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        time: f64,
-        host: &'a str,
-        source: &'a str,
-        sourcetype: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        index: Option<&'a str>,
-        fields: IndexedFields<'a>,
-        event: HealthBody<'a>,
-    }
-    let line = Line {
-        time: timestamp_ms as f64 / 1000.0,
-        host: thing,
-        source: &options.source,
-        sourcetype: &options.sourcetype,
-        index: options.index.as_deref(),
-        fields: IndexedFields {
-            thing,
-            metric: HEALTH_EVENT_NAME,
-            severity: None,
-            suppressed: None,
-        },
-        event: HealthBody {
-            name: HEALTH_EVENT_NAME,
-            thing,
-            timestamp: timestamp_ms,
-            health,
-            edge: HealthEdge {
-                event_id: format!("{thing}/{HEALTH_EVENT_NAME}/{timestamp_ms}"),
-            },
+    let body = HealthBody {
+        name: HEALTH_EVENT_NAME,
+        thing,
+        timestamp: timestamp_ms,
+        health,
+        edge: HealthEdge {
+            event_id: format!("{thing}/{HEALTH_EVENT_NAME}/{timestamp_ms}"),
         },
     };
-    // As in HecEvent::write_line: plain structs and string-keyed maps.
-    serde_json::to_writer(&mut *out, &line).expect("health event serializes");
-    out.push(b'\n');
+    write_envelope(thing, timestamp_ms, HEALTH_EVENT_NAME, options, &body, out);
 }
 
 /// Appends the change events of one sample taken at `timestamp_ms` as one
@@ -397,8 +371,33 @@ pub fn write_changes(
         change: &'a Change,
         edge: HealthEdge,
     }
+    for (n, change) in changes.iter().enumerate() {
+        let body = Body {
+            name: CHANGE_EVENT_NAME,
+            thing,
+            timestamp: timestamp_ms,
+            change,
+            edge: HealthEdge {
+                event_id: format!("{thing}/{CHANGE_EVENT_NAME}/{timestamp_ms}/{n}"),
+            },
+        };
+        write_envelope(thing, timestamp_ms, CHANGE_EVENT_NAME, options, &body, out);
+    }
+}
+
+/// One line of an event that is not a metric or an alert: the HEC envelope
+/// of the sample's events (`fields.metric` is the event's name) around
+/// `event`.
+fn write_envelope<T: Serialize>(
+    thing: &str,
+    timestamp_ms: u64,
+    name: &'static str,
+    options: &EventOptions,
+    event: &T,
+    out: &mut Vec<u8>,
+) {
     #[derive(Serialize)]
-    struct Line<'a> {
+    struct Line<'a, T> {
         time: f64,
         host: &'a str,
         source: &'a str,
@@ -406,34 +405,25 @@ pub fn write_changes(
         #[serde(skip_serializing_if = "Option::is_none")]
         index: Option<&'a str>,
         fields: IndexedFields<'a>,
-        event: Body<'a>,
+        event: &'a T,
     }
-    for (n, change) in changes.iter().enumerate() {
-        let line = Line {
-            time: timestamp_ms as f64 / 1000.0,
-            host: thing,
-            source: &options.source,
-            sourcetype: &options.sourcetype,
-            index: options.index.as_deref(),
-            fields: IndexedFields {
-                thing,
-                metric: CHANGE_EVENT_NAME,
-                severity: None,
-                suppressed: None,
-            },
-            event: Body {
-                name: CHANGE_EVENT_NAME,
-                thing,
-                timestamp: timestamp_ms,
-                change,
-                edge: HealthEdge {
-                    event_id: format!("{thing}/{CHANGE_EVENT_NAME}/{timestamp_ms}/{n}"),
-                },
-            },
-        };
-        serde_json::to_writer(&mut *out, &line).expect("change event serializes");
-        out.push(b'\n');
-    }
+    let line = Line {
+        time: timestamp_ms as f64 / 1000.0,
+        host: thing,
+        source: &options.source,
+        sourcetype: &options.sourcetype,
+        index: options.index.as_deref(),
+        fields: IndexedFields {
+            thing,
+            metric: name,
+            severity: None,
+            suppressed: None,
+        },
+        event,
+    };
+    // As in HecEvent::write_line: plain structs and string-keyed maps.
+    serde_json::to_writer(&mut *out, &line).expect("event serializes");
+    out.push(b'\n');
 }
 
 /// Appends the events of a sample to `out`, one line each, and returns how
