@@ -373,7 +373,7 @@ fn test(
         .with_context(|| format!("{} is not a sample", sample.display()))?;
     let name = file
         .file_stem()
-        .map(|s| s.to_string_lossy().replace('_', "-"))
+        .map(|s| super::plugin_name_of(&s.to_string_lossy()))
         .unwrap_or_else(|| "plugin".into());
     let settings = PluginSettings {
         config: config.into_iter().collect(),
