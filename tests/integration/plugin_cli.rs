@@ -1,5 +1,5 @@
 //! The plugin commands as a person types them, with the real binary: one
-//! rule for plugin names (`_` reads as `-`).
+//! rule for plugin names (`_` reads as `-`), and `collect --format sample`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -132,4 +132,62 @@ fn plugin_names_settings_for_no_plugin_are_warned_naming_the_plugins_present() {
             && stderr.contains("present=port-allowlist"),
         "{stderr}"
     );
+}
+
+fn stdout_ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn plugin_collect_format_sample_prints_the_pipeline_sample_with_annotations_and_alerts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugins =
+        crate::plugins::plugin_folder(tmp.path(), &["owner-enrichment", "port-allowlist"]);
+    let config = tmp.path().join("config.json");
+    let doc = serde_json::json!({
+        "stateDir": tmp.path().join("state"),
+        "plugins": {"settings": {
+            "owner-enrichment": {"config": {"owner": "soc-team"}},
+            "port-allowlist": {"config": {"tcp": "2024"}},
+        }},
+    });
+    std::fs::write(&config, doc.to_string()).unwrap();
+    let out = defender_edge()
+        .args([
+            "collect",
+            "--format",
+            "sample",
+            "--thing",
+            "pi-lab-01",
+            "--proc-root",
+        ])
+        .arg(proc_root())
+        .arg("--plugins")
+        .arg(&plugins)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let out = stdout_ok(&out);
+    let sample: defender_edge::sample::Sample = serde_json::from_str(&out).unwrap();
+    assert_eq!(sample.thing, "pi-lab-01");
+    assert_eq!(sample.listening_tcp_ports.len(), 5);
+    assert_eq!(
+        sample.annotations.get("owner").map(String::as_str),
+        Some("soc-team")
+    );
+    // Four of the five TCP ports are not on the allowlist.
+    let tcp_alerts = sample
+        .alerts
+        .iter()
+        .filter(|a| a.source == "port-allowlist" && a.message.starts_with("tcp port"))
+        .count();
+    assert_eq!(tcp_alerts, 4, "{out}");
 }
