@@ -1,5 +1,6 @@
 //! The plugin commands as a person types them, with the real binary: one
-//! rule for plugin names (`_` reads as `-`), and `collect --format sample`.
+//! rule for plugin names (`_` reads as `-`), `plugin test` on what
+//! `collect` prints, and what `plugin test` shows.
 
 #![allow(clippy::unwrap_used)]
 
@@ -134,6 +135,17 @@ fn plugin_names_settings_for_no_plugin_are_warned_naming_the_plugins_present() {
     );
 }
 
+fn plugin_test(plugin: &Path, sample: &Path, extra: &[&str]) -> Output {
+    defender_edge()
+        .args(["plugin", "test"])
+        .arg(plugin)
+        .arg("--sample")
+        .arg(sample)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn stdout_ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -143,6 +155,76 @@ fn stdout_ok(out: &Output) -> String {
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+fn template_sample() -> PathBuf {
+    support::repo().join("plugins/template/sample.json.tmpl")
+}
+
+/// `collect` of the captured tree into `dir/<file>`, as docs/DEPLOY.md
+/// section 3 does it (`collect ... > /tmp/sample.json`).
+fn collect_into(dir: &Path, file: &str, args: &[&str]) -> PathBuf {
+    let out = defender_edge()
+        .args(["collect", "--thing", "pi-lab-01", "--state-dir"])
+        .arg(dir.join("state"))
+        .arg("--proc-root")
+        .arg(proc_root())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path = dir.join(file);
+    std::fs::write(&path, &out.stdout).unwrap();
+    path
+}
+
+#[test]
+fn plugin_test_takes_what_collect_prints_in_every_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plugin = wasm("port-allowlist");
+    for (format, file, input) in [
+        (None, "sample.json", "input:   a json report"),
+        (
+            Some("json-short"),
+            "short.json",
+            "input:   a json-short report",
+        ),
+        (Some("cbor"), "report.cbor", "input:   a cbor report"),
+        (Some("sample"), "s.json", ""),
+    ] {
+        let args: Vec<&str> = format.map_or(vec![], |f| vec!["--format", f]);
+        let sample = collect_into(tmp.path(), file, &args);
+        let out = plugin_test(
+            &plugin,
+            &sample,
+            &[
+                "--config",
+                "tcp=2024",
+                "--config",
+                "dropEphemeralFrom=30000",
+            ],
+        );
+        let out = stdout_ok(&out);
+        assert!(out.contains("outcome: pass"), "{format:?}: {out}");
+        // The captured tree listens on five TCP ports; four are ephemeral.
+        assert!(
+            out.contains("listening_tcp_ports: 4 of 5 dropped"),
+            "{format:?}: {out}"
+        );
+        match format {
+            Some("sample") => assert!(!out.contains("input:"), "{out}"),
+            _ => assert!(out.contains(input), "{format:?}: {out}"),
+        }
+    }
+    let garbage = tmp.path().join("garbage.json");
+    std::fs::write(&garbage, r#"{"hello": 1}"#).unwrap();
+    let out = plugin_test(&plugin, &garbage, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("neither a sample") && stderr.contains("nor a Device Defender report"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -190,4 +272,104 @@ fn plugin_collect_format_sample_prints_the_pipeline_sample_with_annotations_and_
         .filter(|a| a.source == "port-allowlist" && a.message.starts_with("tcp port"))
         .count();
     assert_eq!(tcp_alerts, 4, "{out}");
+}
+
+#[test]
+fn plugin_test_prints_a_summary_first_and_the_sample_only_with_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = plugin_test(
+        &wasm("port-allowlist"),
+        &template_sample(),
+        &["--config", "tcp=443"],
+    );
+    let out = stdout_ok(&out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("plugin:  port-allowlist (compiled, loaded in "),
+        "{out}"
+    );
+    assert!(
+        lines[0].contains(" ms, ran in ") && lines[0].ends_with(" µs)"),
+        "{out}"
+    );
+    assert_eq!(lines[1], "outcome: pass", "{out}");
+    assert!(
+        out.contains("alerts:  1\n  [high] port-not-allowed: tcp port 22"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  listening_tcp_ports: 0 of 1 dropped\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  established_connections: 0 of 2 dropped\n"),
+        "{out}"
+    );
+    assert!(out.contains("metrics: none added\n"), "{out}");
+    assert!(out.contains("annotations: none set\n"), "{out}");
+    assert!(
+        !out.contains("\"remote_addr\""),
+        "no sample without --full: {out}"
+    );
+
+    // What changed: a metric added, an annotation set.
+    let out = stdout_ok(&plugin_test(
+        &wasm("system-metrics"),
+        &template_sample(),
+        &[],
+    ));
+    assert!(out.contains("metrics: 1 added (remote_ips)\n"), "{out}");
+    let out = stdout_ok(&plugin_test(
+        &wasm("owner-enrichment"),
+        &template_sample(),
+        &["--config", "owner=soc-team"],
+    ));
+    assert!(out.contains("annotations: owner=soc-team"), "{out}");
+
+    let out = stdout_ok(&plugin_test(
+        &wasm("port-allowlist"),
+        &template_sample(),
+        &["--config", "tcp=443", "--full"],
+    ));
+    let json = &out[out.find("sample:\n").unwrap() + 8..];
+    let back: defender_edge::sample::Sample = serde_json::from_str(json).unwrap();
+    assert_eq!(back.alerts.len(), 1);
+    drop(tmp);
+}
+
+#[test]
+fn plugin_test_json_is_one_object_for_tools() {
+    let out = stdout_ok(&plugin_test(
+        &wasm("port-allowlist"),
+        &template_sample(),
+        &["--config", "tcp=443", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["plugin"], "port-allowlist");
+    assert_eq!(v["loaded_from"], "compiled");
+    assert_eq!(v["input"], "sample");
+    assert_eq!(v["outcome"], "pass");
+    assert!(v["error"].is_null());
+    assert!(v["load_ms"].is_u64() && v["run_us"].is_u64());
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(v["alerts"][0]["name"], "port-not-allowed");
+    let tcp = &v["changes"]["lists"]["listening_tcp_ports"];
+    assert_eq!(
+        (tcp["before"].as_u64(), tcp["dropped"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(v["changes"]["metrics_added"], serde_json::json!([]));
+    assert_eq!(v["changes"]["annotations_set"], serde_json::json!({}));
+    let sample: defender_edge::sample::Sample =
+        serde_json::from_value(v["sample"].clone()).unwrap();
+    assert_eq!(sample.alerts.len(), 1);
+
+    let out = stdout_ok(&plugin_test(
+        &wasm("fault-panic"),
+        &template_sample(),
+        &["--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["outcome"], "failed");
+    assert!(v["error"].is_string(), "{v}");
 }

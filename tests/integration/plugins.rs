@@ -778,6 +778,7 @@ mod cli {
                 "tcp=21,22",
                 "--config",
                 "udp=68",
+                "--full",
             ],
             &cfg,
             tmp.path(),
