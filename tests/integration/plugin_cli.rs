@@ -298,6 +298,10 @@ fn plugin_test_prints_a_summary_first_and_the_sample_only_with_full() {
         "{out}"
     );
     assert!(
+        out.contains("\nlists:\n  established_connections: "),
+        "{out}"
+    );
+    assert!(
         out.contains("  listening_tcp_ports: 0 of 1 dropped\n"),
         "{out}"
     );

@@ -495,6 +495,7 @@ fn test(
     for a in &changes.alerts {
         writeln!(out, "  [{}] {}: {}", a.severity.as_str(), a.name, a.message)?;
     }
+    writeln!(out, "lists:")?;
     for (list, change) in &changes.lists {
         let mut line = format!("{list}: {} of {} dropped", change.dropped, change.before);
         if change.added > 0 {
