@@ -125,7 +125,9 @@ struct ConfigCheckArgs {
     config: Option<PathBuf>,
 }
 
-/// Print one validated Device Defender report of this machine to stdout.
+/// Print one validated Device Defender report of this machine to stdout,
+/// or with `--format sample` the sample plugins work on (`plugin test
+/// --sample` takes either).
 ///
 /// Network deltas are taken against the counters saved by the previous
 /// `collect` in the state directory; without them network_stats is left out
@@ -187,22 +189,35 @@ enum OwnersFormat {
     Json,
 }
 
-/// A report format on the command line. The report module knows nothing of
-/// the command line; this says its formats the way clap lists them.
+/// What `collect` prints: a report format, or the sample. The report module
+/// knows nothing of the command line; this says its formats the way clap
+/// lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FormatArg(Format);
+enum FormatArg {
+    Report(Format),
+    Sample,
+}
 
 impl clap::ValueEnum for FormatArg {
     fn value_variants<'a>() -> &'a [Self] {
         &[
-            FormatArg(Format::Json),
-            FormatArg(Format::JsonShort),
-            FormatArg(Format::Cbor),
+            FormatArg::Report(Format::Json),
+            FormatArg::Report(Format::JsonShort),
+            FormatArg::Report(Format::Cbor),
+            FormatArg::Sample,
         ]
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.0.name()).help(self.0.description()))
+        Some(match self {
+            FormatArg::Report(format) => {
+                clap::builder::PossibleValue::new(format.name()).help(format.description())
+            }
+            FormatArg::Sample => clap::builder::PossibleValue::new("sample").help(
+                "Not a report: the sample as the pipeline ends with it (after the plugins, \
+                 with annotations and alerts), JSON, as `plugin test --sample` takes it",
+            ),
+        })
     }
 }
 
@@ -427,7 +442,21 @@ fn collect(args: CollectArgs) -> anyhow::Result<ExitCode> {
     // earlier scan to build on, so it would pay a full process scan for
     // nothing.
     config.collect.attribution = false;
-    let format = args.format.0;
+    let format = match args.format {
+        FormatArg::Report(format) => format,
+        FormatArg::Sample => {
+            let sample = pipeline::collect_sample(&config, args.delta_window)?;
+            let mut out = std::io::stdout().lock();
+            if args.pretty {
+                serde_json::to_writer_pretty(&mut out, &sample)?;
+            } else {
+                serde_json::to_writer(&mut out, &sample)?;
+            }
+            out.write_all(b"\n")?;
+            out.flush()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let report = pipeline::collect_once(&config, format, args.delta_window)?;
     let mut out = std::io::stdout().lock();
     if args.pretty && format != Format::Cbor {

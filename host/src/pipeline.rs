@@ -440,6 +440,28 @@ pub fn collect_once(
     format: Format,
     delta_window: Option<Duration>,
 ) -> anyhow::Result<Vec<u8>> {
+    let (thing, passed) = collect_passed(config, format, delta_window)?;
+    let report = passed
+        .report
+        .context("a step with a report due returned no report")?;
+    let prepared = report.with_context(|| format!("the report for {thing} is invalid"))?;
+    Ok(prepared.bytes)
+}
+
+/// The sample of this machine as the pipeline ends with it, for `collect
+/// --format sample`: after the plugins, with their annotations and alerts
+/// and detection's. The same step as [`collect_once`], so the report of
+/// the sample must be valid too.
+pub fn collect_sample(config: &Config, delta_window: Option<Duration>) -> anyhow::Result<Sample> {
+    let (_, passed) = collect_passed(config, config.report.format, delta_window)?;
+    Ok(passed.sample)
+}
+
+fn collect_passed(
+    config: &Config,
+    format: Format,
+    delta_window: Option<Duration>,
+) -> anyhow::Result<(String, Box<Passed>)> {
     let state = StateDir::open(&config.state_dir)?;
     let mut config = config.clone();
     config.report.format = format;
@@ -455,14 +477,7 @@ pub fn collect_once(
         tracing::warn!(alarm = %String::from_utf8_lossy(&alarm.to_json()), "detection");
     }
     match tick.outcome {
-        Outcome::Passed(passed) => {
-            let report = passed
-                .report
-                .context("a step with a report due returned no report")?;
-            let prepared = report
-                .with_context(|| format!("the report for {} is invalid", pipeline.thing()))?;
-            Ok(prepared.bytes)
-        }
+        Outcome::Passed(passed) => Ok((pipeline.thing().to_owned(), passed)),
         Outcome::Held { plugin, reason } => anyhow::bail!(
             "plugin {plugin} failed and its policy is fail-closed, so no report is printed: {reason}"
         ),

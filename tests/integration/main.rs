@@ -11,6 +11,7 @@ mod firehose;
 mod golden;
 mod ipc;
 mod packaging;
+mod plugin_cli;
 mod plugins;
 mod plugins_faults;
 mod plugins_precompiled;

@@ -781,6 +781,7 @@ mod cli {
                 "tcp=21,22",
                 "--config",
                 "udp=68",
+                "--full",
             ],
             &cfg,
             tmp.path(),

@@ -41,15 +41,26 @@ pub enum PluginCommand {
         /// The plugin (a WebAssembly component)
         file: PathBuf,
     },
-    /// Run a plugin once on a sample and print the outcome and the resulting
-    /// sample
+    /// Run a plugin once on a sample and print a summary: the outcome, the
+    /// time, the alerts raised and what changed (entries dropped or added
+    /// per list, custom metrics, annotations)
     Test {
         /// The plugin: a WebAssembly component (.wasm), or one precompiled
         /// for this host by `plugin compile` (.cwasm; naming it here trusts it)
         file: PathBuf,
-        /// The sample as JSON (the format `defender-edge collect` prints)
+        /// The sample: what `defender-edge collect --format sample` prints,
+        /// or a Device Defender report as `collect` prints it (json,
+        /// json-short or cbor; a report carries no thing name, annotations
+        /// or alerts, docs/PLUGINS.md)
         #[arg(long)]
         sample: PathBuf,
+        /// Print the resulting sample after the summary
+        #[arg(long)]
+        full: bool,
+        /// Print one JSON object (summary and resulting sample) instead, for
+        /// tools; its fields are listed in docs/PLUGINS.md
+        #[arg(long, conflicts_with = "full")]
+        json: bool,
         /// A configuration entry for the plugin's init, repeatable
         #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
         config: Vec<(String, String)>,
@@ -141,9 +152,18 @@ pub fn run(
         PluginCommand::Test {
             file,
             sample,
+            full,
+            json,
             config,
             grant_dirs,
-        } => test(&file, &sample, config, grant_dirs, out),
+        } => {
+            let view = match (full, json) {
+                (_, true) => View::Json,
+                (true, false) => View::Full,
+                (false, false) => View::Summary,
+            };
+            test(&file, &sample, config, grant_dirs, view, out)
+        }
         PluginCommand::Compile {
             file: Some(file),
             target,
@@ -464,20 +484,28 @@ fn check(file: &Path, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `plugin test` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Summary,
+    Full,
+    Json,
+}
+
 fn test(
     file: &Path,
     sample: &Path,
     config: Vec<(String, String)>,
     grant_dirs: Vec<(String, String)>,
+    view: View,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(sample)
-        .with_context(|| format!("cannot read {}", sample.display()))?;
-    let input: Sample = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a sample", sample.display()))?;
+    let bytes =
+        std::fs::read(sample).with_context(|| format!("cannot read {}", sample.display()))?;
+    let (input, read_as) = read_sample(&bytes).with_context(|| sample.display().to_string())?;
     let name = file
         .file_stem()
-        .map(|s| s.to_string_lossy().replace('_', "-"))
+        .map(|s| super::plugin_name_of(&s.to_string_lossy()))
         .unwrap_or_else(|| "plugin".into());
     let settings = PluginSettings {
         config: config.into_iter().collect(),
@@ -501,47 +529,252 @@ fn test(
     // "precompiled" for a .cwasm, "compiled" for a .wasm: tells a partner
     // whether the device would pay the compile.
     let from = match counters.get(&format!("plugin.{name}.loaded_from")) {
-        Some(crate::status::Value::Text(t)) => t.as_str(),
-        _ => "not loaded",
+        Some(crate::status::Value::Text(t)) => t.clone(),
+        _ => "not loaded".to_owned(),
     };
+    let failure = counters
+        .iter()
+        .find(|(k, _)| k.ends_with(".last_error"))
+        .map(|(_, v)| match v {
+            crate::status::Value::Text(t) => t.clone(),
+            other => format!("{other:?}"),
+        });
+    let rejected = counters.keys().any(|k| k.ends_with(".rejected"));
+    let (outcome, detail, output) = match processed {
+        Processed::Pass(sample) => match (failure, rejected) {
+            (Some(f), _) => ("failed", Some(f), Some(sample)),
+            (None, true) => ("rejected", None, Some(sample)),
+            (None, false) => ("pass", None, Some(sample)),
+        },
+        Processed::Dropped { .. } => ("dropped", None, None),
+        Processed::Held { reason, .. } => ("held", Some(reason), None),
+    };
+    let changes = output.as_ref().map(|after| Changes::between(&input, after));
+    if view == View::Json {
+        let value = serde_json::json!({
+            "plugin": name,
+            "loaded_from": from,
+            "load_ms": loaded.as_millis() as u64,
+            "run_us": took.as_micros() as u64,
+            "input": read_as,
+            "outcome": outcome,
+            "error": detail,
+            "alerts": changes.as_ref().map_or(&[][..], |c| &c.alerts[..]),
+            "changes": changes,
+            "sample": output,
+        });
+        serde_json::to_writer_pretty(&mut *out, &value)?;
+        writeln!(out)?;
+        return Ok(());
+    }
     writeln!(
         out,
         "plugin:  {name} ({from}, loaded in {} ms, ran in {} µs)",
         loaded.as_millis(),
         took.as_micros()
     )?;
-    let failure = counters
-        .iter()
-        .find(|(k, _)| k.ends_with(".last_error"))
-        .map(|(_, v)| format!("{v:?}"));
-    match processed {
-        Processed::Pass(sample) => {
-            if let Some(f) = failure {
-                writeln!(
-                    out,
-                    "outcome: failed, sample passed on unchanged (fail-open): {f}"
-                )?;
-            } else if counters.keys().any(|k| k.ends_with(".rejected")) {
-                writeln!(
-                    out,
-                    "outcome: output rejected, sample passed on unchanged (see log)"
-                )?;
-            } else {
-                writeln!(out, "outcome: pass")?;
-            }
-            let raised = &sample.alerts[input.alerts.len().min(sample.alerts.len())..];
-            writeln!(out, "alerts:  {}", raised.len())?;
-            for a in raised {
-                writeln!(out, "  [{}] {}: {}", a.severity.as_str(), a.name, a.message)?;
-            }
-            writeln!(out, "sample:")?;
-            serde_json::to_writer_pretty(&mut *out, &sample)?;
-            writeln!(out)?;
+    if read_as != "sample" {
+        writeln!(
+            out,
+            "input:   a {read_as} report, read as a sample (no thing name, annotations or alerts)"
+        )?;
+    }
+    match (outcome, &detail) {
+        ("failed", Some(f)) => writeln!(
+            out,
+            "outcome: failed, sample passed on unchanged (fail-open): {f}"
+        )?,
+        ("rejected", _) => writeln!(
+            out,
+            "outcome: output rejected, sample passed on unchanged (see log)"
+        )?,
+        ("dropped", _) => writeln!(out, "outcome: report dropped by the plugin")?,
+        ("held", Some(reason)) => writeln!(out, "outcome: report held: {reason}")?,
+        _ => writeln!(out, "outcome: {outcome}")?,
+    }
+    let (Some(changes), Some(sample)) = (changes, output) else {
+        return Ok(());
+    };
+    writeln!(out, "alerts:  {}", changes.alerts.len())?;
+    for a in &changes.alerts {
+        writeln!(out, "  [{}] {}: {}", a.severity.as_str(), a.name, a.message)?;
+    }
+    writeln!(out, "lists:")?;
+    for (list, change) in &changes.lists {
+        let mut line = format!("{list}: {} of {} dropped", change.dropped, change.before);
+        if change.added > 0 {
+            line += &format!(", {} added", change.added);
         }
-        Processed::Dropped { .. } => writeln!(out, "outcome: report dropped by the plugin")?,
-        Processed::Held { reason, .. } => writeln!(out, "outcome: report held: {reason}")?,
+        writeln!(out, "  {line}")?;
+    }
+    let names = |m: &Vec<String>| m.join(", ");
+    let mut metrics = Vec::new();
+    for (what, list) in [
+        ("added", &changes.metrics_added),
+        ("changed", &changes.metrics_changed),
+        ("removed", &changes.metrics_removed),
+    ] {
+        if !list.is_empty() {
+            metrics.push(format!("{} {what} ({})", list.len(), names(list)));
+        }
+    }
+    writeln!(
+        out,
+        "metrics: {}",
+        if metrics.is_empty() {
+            "none added".to_owned()
+        } else {
+            metrics.join(", ")
+        }
+    )?;
+    let mut annotations: Vec<String> = changes
+        .annotations_set
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    annotations.extend(changes.annotations_removed.iter().map(|k| format!("-{k}")));
+    writeln!(
+        out,
+        "annotations: {}",
+        if annotations.is_empty() {
+            "none set".to_owned()
+        } else {
+            annotations.join(", ")
+        }
+    )?;
+    if changes.network_stats_changed {
+        writeln!(out, "network_stats: changed")?;
+    }
+    if view == View::Full {
+        writeln!(out, "sample:")?;
+        serde_json::to_writer_pretty(&mut *out, &sample)?;
+        writeln!(out)?;
+    } else {
+        writeln!(
+            out,
+            "(--full prints the resulting sample, --json all of it for tools)"
+        )?;
     }
     Ok(())
+}
+
+/// What a plugin did to a sample, for `plugin test`'s summary and `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Changes {
+    /// Per list: its entries before, how many the plugin dropped and added.
+    lists: std::collections::BTreeMap<&'static str, ListChange>,
+    metrics_added: Vec<String>,
+    metrics_changed: Vec<String>,
+    metrics_removed: Vec<String>,
+    annotations_set: std::collections::BTreeMap<String, String>,
+    annotations_removed: Vec<String>,
+    network_stats_changed: bool,
+    #[serde(skip)]
+    alerts: Vec<crate::sample::Alert>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ListChange {
+    before: usize,
+    after: usize,
+    dropped: usize,
+    added: usize,
+}
+
+impl ListChange {
+    fn of<T: PartialEq>(before: &[T], after: &[T]) -> ListChange {
+        ListChange {
+            before: before.len(),
+            after: after.len(),
+            dropped: before.iter().filter(|e| !after.contains(e)).count(),
+            added: after.iter().filter(|e| !before.contains(e)).count(),
+        }
+    }
+}
+
+impl Changes {
+    fn between(before: &Sample, after: &Sample) -> Changes {
+        let lists = [
+            (
+                "listening_tcp_ports",
+                ListChange::of(&before.listening_tcp_ports, &after.listening_tcp_ports),
+            ),
+            (
+                "listening_udp_ports",
+                ListChange::of(&before.listening_udp_ports, &after.listening_udp_ports),
+            ),
+            (
+                "established_connections",
+                ListChange::of(
+                    &before.established_connections,
+                    &after.established_connections,
+                ),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        Changes {
+            lists,
+            metrics_added: after
+                .custom_metrics
+                .keys()
+                .filter(|k| !before.custom_metrics.contains_key(*k))
+                .cloned()
+                .collect(),
+            metrics_changed: after
+                .custom_metrics
+                .iter()
+                .filter(|(k, v)| before.custom_metrics.get(*k).is_some_and(|b| b != *v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            metrics_removed: before
+                .custom_metrics
+                .keys()
+                .filter(|k| !after.custom_metrics.contains_key(*k))
+                .cloned()
+                .collect(),
+            annotations_set: after
+                .annotations
+                .iter()
+                .filter(|(k, v)| before.annotations.get(*k) != Some(*v))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            annotations_removed: before
+                .annotations
+                .keys()
+                .filter(|k| !after.annotations.contains_key(*k))
+                .cloned()
+                .collect(),
+            network_stats_changed: before.network_stats != after.network_stats,
+            alerts: after.alerts[before.alerts.len().min(after.alerts.len())..].to_vec(),
+        }
+    }
+}
+
+/// The sample in `bytes` and what it was read as: a sample (JSON, as
+/// `collect --format sample` prints it), or a Device Defender report in
+/// any format `collect` writes ("json", "json-short", "cbor").
+fn read_sample(bytes: &[u8]) -> anyhow::Result<(Sample, &'static str)> {
+    use crate::report::{self, Format};
+    let text = std::str::from_utf8(bytes).ok();
+    let Some(text) = text.filter(|t| t.trim_start().starts_with('{')) else {
+        let report = report::decode(bytes, Format::Cbor).map_err(|e| {
+            anyhow::anyhow!("neither a sample (JSON) nor a Device Defender report (CBOR: {e})")
+        })?;
+        return Ok((report::to_sample(&report)?, "cbor"));
+    };
+    let as_sample = match serde_json::from_str::<Sample>(text) {
+        Ok(sample) => return Ok((sample, "sample")),
+        Err(e) => e,
+    };
+    let report = report::decode(bytes, Format::Json).map_err(|e| {
+        anyhow::anyhow!("neither a sample ({as_sample}) nor a Device Defender report ({e})")
+    })?;
+    let short = text.contains("\"hed\"");
+    Ok((
+        report::to_sample(&report)?,
+        if short { "json-short" } else { "json" },
+    ))
 }
 
 /// Precompiles `file` for `target` into `output` (temp file + rename, so a

@@ -24,8 +24,11 @@ pub struct PluginsConfig {
     /// digests) and writable by no one else.
     #[serde(deserialize_with = "lenient::bool")]
     pub trust_precompiled: bool,
-    /// Settings per plugin, keyed by plugin name (the file stem). A plugin in
-    /// `dir` without an entry runs with the defaults.
+    /// Settings per plugin, keyed by plugin name (the file stem, `_` read as
+    /// `-`: `conn_limit` and `conn-limit` are one plugin, and naming it both
+    /// ways is an error). A plugin in `dir` without an entry runs with the
+    /// defaults.
+    #[serde(deserialize_with = "settings_by_name")]
     pub settings: BTreeMap<String, PluginSettings>,
 }
 
@@ -153,6 +156,29 @@ pub struct Grants {
     /// read zero (the sample carries its own timestamp).
     #[serde(deserialize_with = "lenient::bool")]
     pub clock: bool,
+}
+
+/// `plugins.settings` with each key read as a plugin name
+/// ([`super::plugin_name_of`]); two keys naming one plugin are refused,
+/// naming both, rather than one silently winning.
+fn settings_by_name<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, PluginSettings>, D::Error> {
+    let raw = BTreeMap::<String, PluginSettings>::deserialize(d)?;
+    let mut by_name: BTreeMap<String, (String, PluginSettings)> = BTreeMap::new();
+    for (key, settings) in raw {
+        let name = super::plugin_name_of(&key);
+        if let Some((other, _)) = by_name.get(&name) {
+            return Err(serde::de::Error::custom(format!(
+                "`{other}` and `{key}` name the same plugin `{name}` (`_` reads as `-`): keep one"
+            )));
+        }
+        by_name.insert(name, (key, settings));
+    }
+    Ok(by_name
+        .into_iter()
+        .map(|(name, (_, settings))| (name, settings))
+        .collect())
 }
 
 /// A string map whose values may also be written as numbers or booleans,

@@ -239,7 +239,8 @@ impl PluginHost {
             match inner.source(&name) {
                 Some(source) => inner.load(&slot, &source),
                 None => {
-                    warn!(plugin = %name, dir = %dir.display(), "configured plugin has no .wasm file");
+                    let present: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+                    warn!(plugin = %name, dir = %dir.display(), present = %present.join(", "), "plugins.settings names a plugin with no .wasm file in the plugin folder: its settings apply to nothing (plugin names are file stems, `_` read as `-`)");
                     inner.status.set_text(&key(&name, "state"), "missing");
                 }
             }
@@ -405,14 +406,52 @@ pub(crate) fn plugin_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>
 }
 
 /// The plugin name of `path`, if it is a `.wasm` or `.cwasm` file that is
-/// not hidden (editors and atomic writers use hidden temporaries).
+/// not hidden (editors and atomic writers use hidden temporaries): its file
+/// stem, read by [`plugin_name_of`].
 fn plugin_name(path: &Path) -> Option<String> {
     let ext = path.extension()?;
     if ext != "wasm" && ext != "cwasm" {
         return None;
     }
     let stem = path.file_stem()?.to_str()?;
-    (!stem.is_empty() && !stem.starts_with('.')).then(|| stem.to_owned())
+    (!stem.is_empty() && !stem.starts_with('.')).then(|| plugin_name_of(stem))
+}
+
+/// The one rule for plugin names: `_` reads as `-`. Cargo writes
+/// `conn_limit.wasm` for the crate `conn-limit`; the folder, `plugin test`,
+/// `plugins.settings` and scripts/package.sh all call it `conn-limit`.
+pub fn plugin_name_of(stem: &str) -> String {
+    stem.replace('_', "-")
+}
+
+/// The file in `dir` with extension `ext` that plugin `name` loads from.
+/// When two files name the same plugin (`conn_limit.wasm` and
+/// `conn-limit.wasm`), the one spelled like the name wins, with a warning
+/// naming both.
+fn plugin_file(dir: &Path, name: &str, ext: &str) -> Option<PathBuf> {
+    let exact = dir.join(format!("{name}.{ext}"));
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.extension().is_some_and(|e| e == ext)
+                && plugin_name(path).as_deref() == Some(name)
+                && path.is_file()
+        })
+        .collect();
+    found.sort();
+    if found.len() > 1 {
+        let files: Vec<String> = found
+            .iter()
+            .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect();
+        warn!(plugin = %name, files = %files.join(", "), "several files name this plugin (`_` reads as `-`); loading {name}.{ext}: remove the others");
+    }
+    if found.contains(&exact) {
+        return Some(exact);
+    }
+    found.into_iter().next()
 }
 
 /// Whether `path` names a precompiled artifact rather than a component.
@@ -425,10 +464,16 @@ impl Inner {
     /// holds nothing for it (an untrusted `.cwasm` counts as nothing).
     fn source(&self, name: &str) -> Option<Source> {
         let dir = self.config.dir.as_ref()?;
-        let wasm = dir.join(format!("{name}.wasm"));
-        let precompiled = Some(dir.join(format!("{name}.cwasm")))
-            .filter(|p| self.config.trust_precompiled && p.is_file());
-        (precompiled.is_some() || wasm.is_file()).then_some(Source { wasm, precompiled })
+        let wasm = plugin_file(dir, name, "wasm");
+        let precompiled = self
+            .config
+            .trust_precompiled
+            .then(|| plugin_file(dir, name, "cwasm"))
+            .flatten();
+        (precompiled.is_some() || wasm.is_some()).then(|| Source {
+            wasm: wasm.unwrap_or_else(|| dir.join(format!("{name}.wasm"))),
+            precompiled,
+        })
     }
 
     fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Slot>>> {

@@ -23,7 +23,7 @@ pub use encode::encode;
 pub use keys::KeyStyle;
 pub use model::{
     Connection, ConnectionList, Header, Metrics, Port, PortList, Report, TcpConnections, VERSION,
-    build, next_report_id,
+    build, next_report_id, to_sample,
 };
 pub use trim::{Prepared, Trimmed, fit};
 pub use validate::ValidationError;

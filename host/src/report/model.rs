@@ -182,6 +182,51 @@ pub(crate) fn remote_addr_text(addr: SocketAddr) -> String {
     text
 }
 
+/// The sample a valid report describes, as far as a report can tell (for
+/// `plugin test --sample` on what `collect` printed). A report does not
+/// carry everything a sample holds:
+/// - the thing name (the topic says it, not the report): left empty;
+/// - the collection time: the report id stands in for it, since ids are
+///   wall-clock milliseconds ([`next_report_id`]), one later or more;
+/// - annotations and alerts, which never enter a report: left empty;
+/// - entries trimmed to fit the size budget (`total` above the entries
+///   listed): only the listed entries come back.
+///
+/// Lists come back in report order; a report of custom metrics only gives
+/// empty lists.
+pub fn to_sample(report: &Report) -> Result<Sample, super::ValidationError> {
+    super::validate(report)?;
+    // Validation guarantees ports in 1..=65535 and parseable addresses.
+    let port = |p: &Port| crate::sample::ListeningPort {
+        port: u16::try_from(p.port).unwrap_or(u16::MAX),
+        interface: p.interface.clone(),
+    };
+    let mut sample = Sample {
+        timestamp_ms: report.header.report_id,
+        custom_metrics: report.custom_metrics.clone(),
+        ..Sample::default()
+    };
+    if let Some(metrics) = &report.metrics {
+        sample.listening_tcp_ports = metrics.listening_tcp_ports.ports.iter().map(port).collect();
+        sample.listening_udp_ports = metrics.listening_udp_ports.ports.iter().map(port).collect();
+        sample.established_connections = metrics
+            .tcp_connections
+            .established_connections
+            .connections
+            .iter()
+            .filter_map(|c| {
+                Some(crate::sample::EstablishedConnection {
+                    remote_addr: c.remote_addr.parse().ok()?,
+                    local_port: u16::try_from(c.local_port).ok()?,
+                    local_interface: c.local_interface.clone(),
+                })
+            })
+            .collect();
+        sample.network_stats = metrics.network_stats;
+    }
+    Ok(sample)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
