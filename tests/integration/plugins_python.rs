@@ -137,7 +137,12 @@ fn shared_cache() -> PathBuf {
 fn warm_cache(wasm: &Path) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(wasm, dir.path().join("warm.wasm")).unwrap();
-    let config: PluginsConfig = serde_json::from_value(json!({ "dir": dir.path() })).unwrap();
+    // Generous budgets: this only fills the cache, and CPython's start in
+    // the test profile on a loaded machine can pass the default 1 s init
+    // budget (the budgets have tests of their own).
+    let config: PluginsConfig = serde_json::from_value(json!({ "dir": dir.path(),
+        "settings": { "warm": { "limits": { "initTimeoutMs": 60000, "callTimeoutMs": 60000 } } } }))
+    .unwrap();
     let status = Status::new();
     drop(PluginHost::start(&config, &shared_cache(), status.clone()).unwrap());
     assert_eq!(
