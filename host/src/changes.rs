@@ -14,6 +14,7 @@
 //! [`ChangeTracker::load`] and [`ChangeTracker::save`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,8 +115,8 @@ pub struct ChangeTracker {
     listeners: BTreeMap<ListenerKey, Vec<String>>,
     /// Destination → when it was last seen (a sequence number), and the
     /// reverse, oldest first: a least-recently-seen set.
-    destinations: HashMap<String, u64>,
-    by_age: BTreeMap<u64, String>,
+    destinations: HashMap<IpAddr, u64>,
+    by_age: BTreeMap<u64, IpAddr>,
     next_seq: u64,
     /// No history yet: the next sample is recorded, not announced.
     baseline: bool,
@@ -147,7 +148,9 @@ impl ChangeTracker {
                 .listeners
                 .insert((transport, l.port, l.interface), l.processes);
         }
-        for address in saved.destinations {
+        // An entry that does not parse (a hand-edited file) is forgotten:
+        // at worst its address is announced once more.
+        for address in saved.destinations.iter().filter_map(|a| a.parse().ok()) {
             tracker.touch(address);
         }
         tracker
@@ -169,7 +172,7 @@ impl ChangeTracker {
                     processes: processes.clone(),
                 })
                 .collect(),
-            destinations: self.by_age.values().cloned().collect(),
+            destinations: self.by_age.values().map(IpAddr::to_string).collect(),
         };
         state.save(STATE_FILE, &saved)?;
         self.dirty = false;
@@ -182,39 +185,36 @@ impl ChangeTracker {
         let announce = !std::mem::take(&mut self.baseline);
         let mut changes = Vec::new();
 
+        // A listener keeps the processes it opened with (the event of its
+        // closing names them, even after they exited), so only a listener
+        // not known with its processes is described: a steady device costs
+        // no description per sample.
         let mut now: BTreeMap<ListenerKey, Vec<String>> = BTreeMap::new();
         for (transport, ports) in [
             ("tcp", &sample.listening_tcp_ports),
             ("udp", &sample.listening_udp_ports),
         ] {
             for port in ports {
-                let held = owners
-                    .and_then(|o| match transport {
-                        "tcp" => o.tcp_port(port),
-                        _ => o.udp_port(port),
-                    })
-                    .map(|rows| describe(owners, rows))
-                    .unwrap_or_default();
-                now.insert((transport, port.port, port.interface.clone()), held);
-            }
-        }
-        for (key, processes) in &now {
-            if !self.listeners.contains_key(key) && announce {
-                changes.push(listener(ChangeKind::ListenerOpened, key, processes.clone()));
+                let key = (transport, port.port, port.interface.clone());
+                let held = match self.listeners.get(&key) {
+                    Some(before) if !before.is_empty() => before.clone(),
+                    _ => owners
+                        .and_then(|o| match transport {
+                            "tcp" => o.tcp_port(port),
+                            _ => o.udp_port(port),
+                        })
+                        .map(|rows| describe(owners, rows))
+                        .unwrap_or_default(),
+                };
+                if announce && !self.listeners.contains_key(&key) {
+                    changes.push(listener(ChangeKind::ListenerOpened, &key, held.clone()));
+                }
+                now.insert(key, held);
             }
         }
         for (key, processes) in &self.listeners {
-            if !now.contains_key(key) && announce {
+            if announce && !now.contains_key(key) {
                 changes.push(listener(ChangeKind::ListenerClosed, key, processes.clone()));
-            }
-        }
-        // A listener keeps the processes it opened with: the event of its
-        // closing names them, even after they exited.
-        for (key, processes) in now.iter_mut() {
-            if let Some(before) = self.listeners.get(key)
-                && !before.is_empty()
-            {
-                *processes = before.clone();
             }
         }
         if now != self.listeners {
@@ -223,16 +223,16 @@ impl ChangeTracker {
         }
 
         for connection in &sample.established_connections {
-            let address = connection.remote_addr.ip().to_string();
+            let address = connection.remote_addr.ip();
             let new = !self.destinations.contains_key(&address);
-            self.touch(address.clone());
+            self.touch(address);
             if new && announce {
                 changes.push(Change {
                     kind: ChangeKind::DestinationFirstSeen,
                     transport: "tcp",
                     port: connection.remote_addr.port(),
                     interface: connection.local_interface.clone(),
-                    address: Some(address),
+                    address: Some(address.to_string()),
                     processes: owners
                         .and_then(|o| o.connection(connection))
                         .map(|rows| describe(owners, rows))
@@ -245,10 +245,10 @@ impl ChangeTracker {
 
     /// Marks `address` as seen now; forgets the least recently seen beyond
     /// [`MAX_DESTINATIONS`].
-    fn touch(&mut self, address: String) {
+    fn touch(&mut self, address: IpAddr) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(old) = self.destinations.insert(address.clone(), seq) {
+        if let Some(old) = self.destinations.insert(address, seq) {
             self.by_age.remove(&old);
         } else {
             self.dirty = true;
@@ -443,7 +443,11 @@ mod tests {
             assert_eq!(changes.len(), 1);
         }
         assert_eq!(tracker.destinations.len(), MAX_DESTINATIONS);
-        assert!(tracker.destinations.contains_key("192.0.2.1"));
+        assert!(
+            tracker
+                .destinations
+                .contains_key(&"192.0.2.1".parse::<IpAddr>().expect("address"))
+        );
         // 10.0.0.0 was the least recently seen: forgotten, so new again.
         let changes = tracker.observe(&sample(&[], &["10.0.0.0:443"]), None);
         assert_eq!(kinds(&changes), [(ChangeKind::DestinationFirstSeen, 443)]);
